@@ -1,0 +1,1 @@
+"""JupyterHub integration (profiles, spawners, authenticator, culler, control-plane service)."""
