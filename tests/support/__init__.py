@@ -1,0 +1,1 @@
+"""Shared pytest fixtures; every module here is loaded as a plugin by tests/conftest.py."""
