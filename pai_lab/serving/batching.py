@@ -150,7 +150,10 @@ class AdaptiveBatcher:
         if len(live) == 1:
             inputs = live[0].inputs
         else:
-            inputs = [np.concatenate(parts, axis=0) for parts in zip(*(it.inputs for it in live))]
+            inputs = [
+                np.concatenate(parts, axis=0)
+                for parts in zip(*(it.inputs for it in live), strict=True)
+            ]
         first = live[0]
         try:
             result = await loop.run_in_executor(

@@ -62,5 +62,9 @@ class ServingMetrics:
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)
-            return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
-        return prometheus_client.generate_latest(self.registry), prometheus_client.CONTENT_TYPE_LATEST
+            return prometheus_client.generate_latest(
+                registry
+            ), prometheus_client.CONTENT_TYPE_LATEST
+        return prometheus_client.generate_latest(
+            self.registry
+        ), prometheus_client.CONTENT_TYPE_LATEST

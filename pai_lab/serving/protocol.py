@@ -254,12 +254,14 @@ def check_against_signature(req: InferRequest, signature: list[TensorSpec]) -> N
         by_name = dict(req.inputs)
         missing = [s.name for s in signature if s.name not in by_name]
         if missing:
-            raise InferenceError(f"missing inputs {missing}; the model expects "
-                                 f"{[s.name for s in signature]}")
+            raise InferenceError(
+                f"missing inputs {missing}; the model expects {[s.name for s in signature]}"
+            )
         extra = [n for n in by_name if n not in {s.name for s in signature}]
         if extra:
-            raise InferenceError(f"unknown inputs {extra}; the model expects "
-                                 f"{[s.name for s in signature]}")
+            raise InferenceError(
+                f"unknown inputs {extra}; the model expects {[s.name for s in signature]}"
+            )
         pairs = [(s, (s.name, by_name[s.name])) for s in signature]
         req.inputs = [p[1] for p in pairs]
     for spec, (name, arr) in pairs:

@@ -99,9 +99,7 @@ class ModelRuntime:
         known = {o.name for o in self.outputs}
         for n in names:
             if known and n not in known:
-                raise InferenceError(
-                    f"unknown output '{n}'; this model has {sorted(known)}", 400
-                )
+                raise InferenceError(f"unknown output '{n}'; this model has {sorted(known)}", 400)
         return list(names)
 
     def predict(self, inputs: list[np.ndarray], outputs: list[str], params: dict) -> dict:
@@ -216,7 +214,9 @@ class TorchRuntime(ModelRuntime):
         for x in inputs:
             if x.dtype == object:
                 raise InferenceError("a TorchScript model takes numeric tensors, not BYTES")
-            tensors.append(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device))
+            tensors.append(
+                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+            )
         self.predict_calls += 1
         with torch.inference_mode():
             try:

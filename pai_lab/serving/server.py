@@ -297,9 +297,9 @@ class ModelServer(Application):
     model_version = Unicode("1", help="Version string reported and accepted in URLs.").tag(
         config=True
     )
-    framework = Unicode(
-        "", help="'sklearn' or 'torch'; empty guesses from the file suffix."
-    ).tag(config=True)
+    framework = Unicode("", help="'sklearn' or 'torch'; empty guesses from the file suffix.").tag(
+        config=True
+    )
     models = List(
         Dict(),
         help="More models: a list of {'name', 'version', 'path', 'framework'} dicts. The last "
@@ -407,7 +407,10 @@ class ModelServer(Application):
             self.default_versions[spec["name"]] = spec["version"]
             self.log.info(
                 "loaded %s model %s version %s from %s",
-                rt.framework, spec["name"], spec["version"], rt.model_file,
+                rt.framework,
+                spec["name"],
+                spec["version"],
+                rt.model_file,
             )
 
     def make_app(self) -> tornado.web.Application:
@@ -517,8 +520,7 @@ class ModelServer(Application):
             spawn(slot)
         self._write_port_file(port)
         print(
-            f"pai-lab model server listening on http://{self.host}:{port} "
-            f"({self.workers} workers)",
+            f"pai-lab model server listening on http://{self.host}:{port} ({self.workers} workers)",
             flush=True,
         )
         exit_code = 0
