@@ -1,0 +1,1 @@
+"""REST handlers of the control plane, one module per resource."""
