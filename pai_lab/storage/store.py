@@ -119,6 +119,12 @@ class ArtifactStore(LoggingConfigurable):
         store operations run at once without ever blocking the event loop.""",
     ).tag(config=True)
 
+    upload_part_size = Int(
+        8 << 20,
+        help="""Bytes buffered per part when streaming a write to an object store (S3 needs
+        at least 5 MiB). Larger parts mean fewer requests but more memory per upload.""",
+    ).tag(config=True)
+
     @default("data_dir")
     def _default_data_dir(self) -> str:
         return os.path.abspath(os.path.expanduser("~/.pai-lab"))
@@ -248,7 +254,7 @@ class _AtomicWriter:
                 self._tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}")
                 self._f = open(self._tmp, "xb")
             elif ws._store.protocol in _OBJECT_STORES:
-                self._f = ws._fs.open(full, "wb")
+                self._f = ws._fs.open(full, "wb", block_size=ws._store.upload_part_size)
             else:
                 self._tmp = posixpath.join(posixpath.dirname(full), TMP_PREFIX + uuid.uuid4().hex)
                 self._f = ws._fs.open(self._tmp, "wb")
@@ -371,6 +377,8 @@ class WorkspaceStore:
     def _entry(self, info: dict) -> dict:
         rel = self._rel(info["name"])
         is_dir = info.get("type") == "directory"
+        if self._local and info.get("islink"):  # fsspec types a listed link "other"
+            is_dir = os.path.isdir(info["name"])
         return {
             "name": posixpath.basename(rel) if rel else self.workspace,
             "path": rel,
@@ -383,6 +391,8 @@ class WorkspaceStore:
         rel = self._rel(info["name"])
         if rel == rel_dir or posixpath.basename(rel).startswith(TMP_PREFIX):
             return False
+        if self._local and info.get("type") == "other" and not info.get("islink"):
+            return False  # sockets, fifos: not artifacts, and reading a fifo would hang
         if self._local and info.get("islink"):
             real_root = os.path.realpath(self.root)
             real = os.path.realpath(info["name"])
