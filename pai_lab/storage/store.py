@@ -471,7 +471,7 @@ class WorkspaceStore:
                     raise BadRequest(f"'{rel}' is a folder, not a file") from None
                 raise
 
-    def read_range_sync(self, path: str, start: int, end: int) -> bytes:
+    def read_range_sync(self, path: str, start: int, end: int | None) -> bytes:
         """Bytes ``[start, end)`` of a file (for random access from ``pai://``)."""
         rel = safe_path(path, allow_root=False)
         full = self._full(rel)
@@ -658,7 +658,7 @@ class WorkspaceStore:
     async def read_bytes(self, path: str) -> bytes:
         return await self._store.run(self.read_bytes_sync, path)
 
-    async def read_range(self, path: str, start: int, end: int) -> bytes:
+    async def read_range(self, path: str, start: int, end: int | None) -> bytes:
         return await self._store.run(self.read_range_sync, path, start, end)
 
     async def iter_read(self, path: str, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
