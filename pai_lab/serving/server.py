@@ -87,6 +87,7 @@ class LoadedModel:
             max_batch_size=server.max_batch_size,
             max_latency_ms=server.max_latency_ms,
             on_batch=batch_hist.observe,
+            inline_max_ms=server.inline_predict_max_ms,
         )
 
     def count(self, code: int) -> None:
@@ -326,6 +327,11 @@ class ModelServer(Application):
     max_latency_ms = Float(
         2.0,
         help="Longest a request waits for others to batch with, only spent under concurrency.",
+    ).tag(config=True)
+    inline_predict_max_ms = Float(
+        1.0,
+        help="Run predict on the event loop while its moving-average time is below this "
+        "(a thread handoff costs more than a sub-ms sklearn predict); 0 = always a thread.",
     ).tag(config=True)
     max_body_bytes = Integer(
         16 * 1024 * 1024, help="Largest accepted request body; larger ones get 400."
