@@ -57,7 +57,7 @@ def safe_path(rel: str, *, allow_root: bool = True) -> str:
     decoded = _fully_decoded(rel)
     if decoded != rel:
         if decoded.count("/") != rel.count("/") or "\\" in decoded or "\x00" in decoded:
-            raise BadRequest(f"path {shown!r} contains a percent-encoded separator")
+            raise BadRequest(f"path {shown!r} contains a percent-encoded separator or NUL")
         if any(seg in (".", "..") for seg in decoded.split("/")) and not any(
             seg in (".", "..") for seg in rel.split("/")
         ):
