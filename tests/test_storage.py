@@ -44,6 +44,10 @@ async def agen(*chunks, fail_after=None):
         await asyncio.sleep(0)
 
 
+async def collect(aiter) -> bytes:
+    return b"".join([c async for c in aiter])
+
+
 def names(entries):
     return [e["name"] for e in entries]
 
@@ -505,6 +509,7 @@ async def test_async_calls_do_not_block_the_loop(ws):
             lambda: ws.read_bytes("big/blob.bin"),
             lambda: ws.list("big"),
             lambda: ws.info("big/blob.bin"),
+            lambda: collect(ws.iter_read("big/blob.bin", chunk=1 << 20)),
             lambda: ws.write_stream("big/s.bin", agen(payload[: 2 << 20], payload[2 << 20 :])),
             lambda: ws.delete("big", recursive=True),
         ):
