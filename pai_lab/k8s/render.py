@@ -83,7 +83,8 @@ def control_plane_config(values: dict) -> str:
         f"c.KubernetesJobBackend.ttl_seconds_after_finished = {lit(values['jobs']['ttlSecondsAfterFinished'])}",
         f"c.KubernetesJobBackend.deadline_grace = {lit(values['jobs']['deadlineGraceSeconds'])}",
         f"c.KubernetesJobBackend.propagation_policy = {lit(values['jobs']['propagationPolicy'])}",
-        f"c.KubernetesJobBackend.control_url = {lit(control_url(values))}",
+        # the control plane serves under the hub service prefix, also when reached directly
+        f"c.KubernetesJobBackend.control_url = {lit(control_url(values) + '/services/' + values['hub']['serviceName'])}",
         f"c.KubernetesServingBackend.mode = {lit(values['serving']['backend'])}",
         f"c.KubernetesServingBackend.namespace = {lit(values['serving']['namespace'])}",
         f"c.KubernetesServingBackend.image = {lit(values['images']['modelServer'])}",
