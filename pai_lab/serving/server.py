@@ -314,9 +314,17 @@ class ModelServer(Application):
         "", help="If set, write {'port', 'pid'} JSON here once listening (for supervisors)."
     ).tag(config=True)
     token = Unicode(
-        "",
-        help="Bearer token required on every route but the health probes; empty disables auth.",
+        help="Bearer token required on every route but the health probes; empty disables "
+        "auth. Defaults to $PAI_SERVING_TOKEN (keeps it out of the process list).",
     ).tag(config=True)
+    parent_pid = Integer(
+        0, help="Exit when this process (a supervisor such as the router) is gone; 0 = never."
+    ).tag(config=True)
+
+    @default("token")
+    def _token_default(self) -> str:
+        return os.environ.get("PAI_SERVING_TOKEN", "")
+
     metrics_requires_token = Bool(
         True, help="Require the bearer token on /metrics too (when a token is set)."
     ).tag(config=True)
@@ -346,7 +354,7 @@ class ModelServer(Application):
     aliases = {
         "model-path": "ModelServer.model_path",
         "name": "ModelServer.model_name",
-        "version": "ModelServer.model_version",
+        "model-version": "ModelServer.model_version",
         "framework": "ModelServer.framework",
         "host": "ModelServer.host",
         "port": "ModelServer.port",
@@ -437,17 +445,19 @@ class ModelServer(Application):
         )
 
     # -- running -------------------------------------------------------------------------
-    def start(self) -> None:
-        """Validate, bind, fork workers if asked, load models and serve until signalled."""
+    def start(self) -> int:
+        """Validate, bind, fork workers if asked, load models and serve until signalled.
+
+        Returns the exit code (3 when workers could not load their models)."""
         for spec in self.model_specs():  # fail fast in the parent with a clear message
             resolve_model_file(spec["path"], spec["framework"])
         sockets = tornado.netutil.bind_sockets(self.port, self.host, reuse_port=False)
         port = sockets[0].getsockname()[1]
         if self.workers > 1:
             self._multiproc_dir = tempfile.mkdtemp(prefix="pai-serving-metrics-")
-            self._supervise(sockets, port)
-            return
+            return self._supervise(sockets, port)
         self._serve(sockets, port)
+        return 0
 
     def _write_port_file(self, port: int) -> None:
         if self.port_file:
@@ -468,6 +478,8 @@ class ModelServer(Application):
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
+            if parent is None and self.parent_pid:
+                asyncio.ensure_future(self._watch_parent(self.parent_pid, stop))
             if parent is None:
                 self._write_port_file(port)
                 print(f"pai-lab model server listening on http://{self.host}:{port}", flush=True)
@@ -489,7 +501,7 @@ class ModelServer(Application):
                 return
             await asyncio.sleep(1.0)
 
-    def _supervise(self, sockets: list, port: int) -> None:
+    def _supervise(self, sockets: list, port: int) -> int:
         parent = os.getpid()
         children: dict[int, int] = {}
         started: dict[int, float] = {}
@@ -554,7 +566,7 @@ class ModelServer(Application):
         finally:
             if self._multiproc_dir:
                 shutil.rmtree(self._multiproc_dir, ignore_errors=True)
-        sys.exit(exit_code)
+        return exit_code
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -562,10 +574,11 @@ def main(argv: list[str] | None = None) -> None:
     app = ModelServer()
     app.initialize(argv)
     try:
-        app.start()
-    except (FileNotFoundError, ValueError) as e:
+        code = app.start()
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"pai-lab serve: {e}", file=sys.stderr)
         sys.exit(2)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
