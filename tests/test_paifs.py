@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fsspec
@@ -200,23 +201,29 @@ def test_rest_mode_is_chosen_without_a_store_url(monkeypatch):
     assert fs._backend.workspace == "team-a"
 
 
-def test_inside_a_job_process(env, tmp_path):
-    """A fresh interpreter with only the job's environment reads and writes pai://."""
+def test_inside_a_job_process(tmp_path):
+    """A fresh interpreter with only a job's environment reads and writes pai://.
+    (file:// only: an S3 child costs ~10 s of imports; S3 env handling is tested above.)"""
+    store = ArtifactStore(data_dir=str(tmp_path / "data"))
+    store.workspace("team-a").write_bytes_sync("datasets/iris.csv", IRIS)
     code = (
         "import pai_lab.storage.paifs, pandas as pd\n"
         "df = pd.read_csv('pai://datasets/iris.csv')\n"
         "df.head(1).to_csv('pai://outputs/first.csv', index=False)\n"
         "print(len(df))\n"
     )
-    child_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PAI_")}
+    child_env.update(
+        PYTHONPATH=str(ROOT),
+        PAI_STORE_URL=store.to_dict()["url"],
+        PAI_STORE_OPTIONS="{}",
+        PAI_WORKSPACE="team-a",
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], env=child_env, capture_output=True, text=True, cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "3"
-    store = ArtifactStore(
-        url=env["PAI_STORE_URL"], storage_options=json.loads(env["PAI_STORE_OPTIONS"])
-    )
     assert store.workspace("team-a").read_bytes_sync("outputs/first.csv") == (
         b"sepal_length,species\n5.1,setosa\n"
     )
@@ -230,3 +237,117 @@ def test_entry_point_is_declared():
     module, _, attr = target.partition(":")
     assert getattr(__import__(module, fromlist=[attr]), attr) is PaiFileSystem
     assert fsspec.get_filesystem_class("pai") is PaiFileSystem
+
+
+# -- REST mode: through a real control plane ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory):
+    """``python -m pai_lab.control`` on a free port with a fixed admin token."""
+    import requests
+
+    from tests.support.common import free_port
+
+    data = tmp_path_factory.mktemp("control")
+    port, token = free_port(), "paifs-test-token"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAI_")}
+    env["PYTHONPATH"] = str(ROOT)
+    log = open(data / "control.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pai_lab.control", "--ip", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(data / "d"), "--token", token],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                pytest.fail(f"control plane exited: {(data / 'control.log').read_text()}")
+            try:
+                r = requests.get(url + "api/v1/me", headers={"Authorization": f"Bearer {token}"})
+                if r.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail("control plane did not answer")
+        yield {"url": url, "token": token}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def rest_env(control_plane, monkeypatch) -> dict:
+    from pai_lab.client import PaiClient
+
+    for k in ("PAI_STORE_URL", "PAI_STORE_OPTIONS", "PAI_LAB_WORKSPACE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("PAI_LAB_URL", control_plane["url"])
+    monkeypatch.setenv("PAI_LAB_TOKEN", control_plane["token"])
+    monkeypatch.setenv("PAI_WORKSPACE", "default")
+    monkeypatch.setattr(paifs_mod, "_default_fs", None)
+    client = PaiClient(workspace="default")
+    for e in client.list_files(""):
+        client.delete_file(e["path"], recursive=True)
+    client.upload("datasets/iris.csv", IRIS)
+    return {"client": client}
+
+
+def test_rest_pandas_and_listing(rest_env):
+    client = rest_env["client"]
+    fs = fsspec.filesystem("pai")
+    assert fs.mode == "rest"
+    df = pd.read_csv("pai://datasets/iris.csv")
+    assert len(df) == 3
+    df.to_csv("pai://outputs/iris2.csv", index=False)
+    assert client.read_file("outputs/iris2.csv").startswith(b"sepal_length,species\n5.1")
+
+    assert fs.ls("pai://", detail=False) == ["datasets", "outputs"]
+    info = fs.info("pai://datasets/iris.csv")
+    assert info["type"] == "file" and info["size"] == len(IRIS)
+    assert fs.ls("pai://datasets/iris.csv") == [info]
+    assert fs.isdir("pai://outputs") and not fs.exists("pai://nope.csv")
+    assert fs.find("pai://") == ["datasets/iris.csv", "outputs/iris2.csv"]
+    with pytest.raises(FileNotFoundError):
+        fs.cat("pai://nope.csv")
+    with fs.open("pai://datasets/iris.csv", "rb") as f:
+        f.seek(21)
+        assert f.read(3) == b"5.1"
+    assert fs.cat_file("pai://datasets/iris.csv", 0, 12) == b"sepal_length"
+
+
+def test_rest_write_delete_and_confinement(rest_env):
+    client = rest_env["client"]
+    fs = PaiFileSystem()
+    with pytest.raises(RuntimeError):
+        with fs.open("pai://datasets/iris.csv", "wb") as f:
+            f.write(b"half")
+            raise RuntimeError("crash")
+    assert client.read_file("datasets/iris.csv") == IRIS
+
+    fs.pipe("pai://m/a.bin", b"a")
+    fs.pipe("pai://m/b.bin", b"b")
+    with pytest.raises(BadRequest, match="not empty"):
+        fs.rm("pai://m")
+    fs.rm("pai://m/a.bin")
+    fs.rm("pai://m", recursive=True)
+    assert not fs.exists("pai://m")
+
+    for evil in ("pai://../x", "pai://a/../../x", "pai://%2e%2e/x", "pai://a\\b"):
+        with pytest.raises(BadRequest):
+            fs.cat(evil)
+        with pytest.raises(BadRequest):
+            fs.pipe(evil, b"pwned")
+
+    client.create_workspace("team-b")
+    PaiFileSystem(workspace="team-b").pipe("pai://only-b.txt", b"b")
+    assert client.read_file("only-b.txt", workspace="team-b") == b"b"
+    assert not fs.exists("pai://only-b.txt")

@@ -33,6 +33,7 @@ import fsspec
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from ..errors import BadRequest, NotFound
+from .paths import safe_path
 from .store import ArtifactStore, WorkspaceStore
 
 _SPOOL_IN_MEMORY = 16 << 20
@@ -99,6 +100,7 @@ class _RestBackend:
         self.workspace = workspace
 
     def ls(self, path: str) -> list[dict]:
+        safe_path(path)  # HTTP stacks normalise '..' away: refuse it before sending
         try:
             return self.client.list_files(path, workspace=self.workspace)
         except BadRequest:
@@ -108,9 +110,11 @@ class _RestBackend:
             raise
 
     def info(self, path: str) -> dict:
+        safe_path(path)
         return self.client.file_info(path, workspace=self.workspace)
 
     def cat(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
+        safe_path(path, allow_root=False)
         data = self.client.read_file(path, workspace=self.workspace)
         if start is None and end is None:
             return data
@@ -118,16 +122,20 @@ class _RestBackend:
         return data[start:end]
 
     def iter_read(self, path: str) -> Iterator[bytes]:
+        safe_path(path, allow_root=False)
         return self.client.iter_download(path, workspace=self.workspace)
 
     def upload(self, path: str, data: bytes | IO[bytes]) -> None:
+        safe_path(path, allow_root=False)
         self.client.upload(path, data, workspace=self.workspace)
 
     def put_file(self, local: str, path: str) -> None:
+        safe_path(path, allow_root=False)
         with open(local, "rb") as f:
             self.client.upload(path, f, workspace=self.workspace)
 
     def delete(self, path: str, recursive: bool) -> None:
+        safe_path(path, allow_root=False)
         self.client.delete_file(path, recursive=recursive, workspace=self.workspace)
 
     def copy(self, src: str, dst: str) -> None:
