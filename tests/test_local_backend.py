@@ -1,0 +1,443 @@
+"""LocalJobBackend driven directly: real runner processes, real kernels, a real file store.
+
+The control plane is replaced by a recording ``report`` callback; everything below it is
+real (papermill, ipykernel, the artifact store, process groups, signals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from pai_lab.jobs.base import JobRun
+from pai_lab.jobs.local import LocalJobBackend
+from pai_lab.jobs.runner import proc_start_time
+from pai_lab.jobs.spec import parse_job_spec
+from pai_lab.storage import ArtifactStore
+
+NB_DIR = Path(__file__).parent / "notebooks"
+WAIT = 180  # hang guard only: no test asserts on timing
+
+
+class Recorder:
+    """The control plane's side of ``report``: keeps every call, and the latest fields."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, int, dict]] = []
+
+    async def __call__(self, job_id, attempt, **fields):
+        self.calls.append((job_id, attempt, fields))
+
+    def states(self, job_id, attempt=1):
+        return [
+            f["state"] for j, a, f in self.calls if j == job_id and a == attempt and "state" in f
+        ]
+
+    def last(self, job_id, attempt=1, key="state"):
+        vals = [f[key] for j, a, f in self.calls if j == job_id and a == attempt and key in f]
+        return vals[-1] if vals else None
+
+
+@pytest.fixture
+def store(data_dir):
+    return ArtifactStore(data_dir=str(data_dir))
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()
+
+
+@pytest.fixture
+async def backend(data_dir, store, recorder):
+    b = LocalJobBackend(
+        store=store, report=recorder, data_dir=str(data_dir), warm_pool_size=0, cancel_grace=5
+    )
+    yield b
+    await b.shutdown()
+
+
+def notebook_body(path: Path, **extra) -> dict:
+    return {"source": {"notebook": path.name, "content": json.loads(path.read_text())}, **extra}
+
+
+def make_notebook(*sources: str) -> dict:
+    nb = new_notebook(cells=[new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    return json.loads(nbformat.writes(nb))
+
+
+async def submit(backend, store, body: dict, attempt: int = 1, job_id: str | None = None):
+    """What the control plane does: validate, store the input, start one attempt."""
+    spec, files = parse_job_spec(body)
+    job_id = job_id or uuid.uuid4().hex[:12]
+    ws = store.workspace("default")
+    for rel, data in files.items():
+        ws.write_bytes_sync(f"jobs/{job_id}/{rel}", data)
+    run = JobRun(
+        id=job_id,
+        workspace="default",
+        owner="alice",
+        attempt=attempt,
+        spec=spec.to_dict(),
+        profile={"slug": "cpu-small", "gpu": 0},
+        env={"PAI_LAB_URL": "http://127.0.0.1:1"},
+    )
+    run.backend_ref = await backend.start(run)
+    return run
+
+
+async def wait_for_log(backend, run, text: str) -> bytes:
+    for _ in range(WAIT * 10):
+        it = await backend.live_logs(run, 0)
+        data = b"".join([c async for c in it]) if it is not None else b""
+        if text.encode() in data:
+            return data
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in the live logs")
+
+
+def read_store(store, job_id, rel) -> bytes:
+    return store.workspace("default").read_bytes_sync(f"jobs/{job_id}/{rel}")
+
+
+async def test_iris_notebook_succeeds_with_outputs_metrics_env_logs(data_dir, store, recorder):
+    # the warm pool path: a pre-started runner with a kernel takes the job
+    backend = LocalJobBackend(
+        store=store, report=recorder, data_dir=str(data_dir), warm_pool_size=1
+    )
+    try:
+        body = notebook_body(NB_DIR / "iris.ipynb", parameters={"C": 0.5}, outputs=["model.joblib"])
+        run = await submit(backend, store, body)
+        assert run.backend_ref["warm"] is True
+        assert await backend.wait(run, WAIT)
+        assert recorder.states(run.id)[0] == "running"
+        assert recorder.last(run.id) == "succeeded", recorder.calls
+        metrics = recorder.last(run.id, key="metrics")
+        assert [m["name"] for m in metrics] == ["accuracy"] and metrics[0]["value"] > 0.9
+        env = recorder.last(run.id, key="environment")
+        assert env["python"].count(".") == 2 and "papermill" in env["packages"]
+        import hashlib
+
+        stored_input = read_store(store, run.id, "input.ipynb")
+        assert env["notebook_sha256"] == hashlib.sha256(stored_input).hexdigest()
+        # the model is a real sklearn model
+        import io
+
+        import joblib
+
+        model = joblib.load(io.BytesIO(read_store(store, run.id, "outputs/model.joblib")))
+        assert model.C == 0.5
+        logs = read_store(store, run.id, "logs.txt").decode()
+        assert "C=0.5 accuracy=" in logs and "saved model.joblib" in logs
+        out = json.loads(read_store(store, run.id, "output.ipynb"))
+        sources = ["".join(c["source"]) for c in out["cells"]]
+        assert any("C = 0.5" in s for s in sources)  # papermill's injected parameters
+        assert json.loads(read_store(store, run.id, "metrics.json"))[0]["name"] == "accuracy"
+        assert json.loads(read_store(store, run.id, "environment.json"))["hostname"]
+        job_json = Path(run.backend_ref["run_dir"]) / "job.json"
+        assert job_json.stat().st_mode & 0o777 == 0o600
+        # the warm runner (and its kernel) is gone; a fresh one replaced it
+        assert proc_start_time(run.backend_ref["pid"]) is None or not _alive(run.backend_ref["pid"])
+    finally:
+        await backend.shutdown()
+    # shutdown stops idle warm runners: no kernel left behind
+    assert not _kernels_under(data_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def _kernels_under(data_dir) -> list[int]:
+    """ipykernel processes started for this data dir (by cwd)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if b"ipykernel" in cmd and cwd.startswith(str(data_dir)) and _alive(int(pid)):
+            found.append(int(pid))
+    return found
+
+
+async def test_raising_notebook_fails_with_exception_and_saves_output(backend, store, recorder):
+    run = await submit(backend, store, notebook_body(NB_DIR / "raises.ipynb"))
+    assert await backend.wait(run, WAIT)
+    assert recorder.last(run.id) == "failed"
+    assert recorder.last(run.id, key="exit_reason") == "ZeroDivisionError: division by zero"
+    out = json.loads(read_store(store, run.id, "output.ipynb"))
+    errors = [o for c in out["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert errors and errors[0]["ename"] == "ZeroDivisionError"
+    logs = read_store(store, run.id, "logs.txt").decode()
+    assert "about to divide" in logs and "ZeroDivisionError" in logs
+    assert "never reached" not in logs
+
+
+async def test_max_runtime_times_out(backend, store, recorder):
+    run = await submit(backend, store, notebook_body(NB_DIR / "sleeper.ipynb", max_runtime=3))
+    assert await backend.wait(run, WAIT)
+    assert recorder.last(run.id) == "timed_out"
+    assert "max_runtime" in recorder.last(run.id, key="exit_reason")
+    assert "woke up" not in read_store(store, run.id, "logs.txt").decode()
+    assert read_store(store, run.id, "output.ipynb")
+    assert not _alive(run.backend_ref["pid"])
+
+
+async def test_cancel_stops_the_process_group_and_kernel(backend, store, recorder, data_dir):
+    run = await submit(backend, store, notebook_body(NB_DIR / "sleeper.ipynb"))
+    live = await wait_for_log(backend, run, "sleeping")
+    assert live.startswith(b"[pai-lab] job ")
+    # offset continues where a reader left off
+    it = await backend.live_logs(run, len(live))
+    assert b"".join([c async for c in it]) == b""
+    await backend.cancel(run)
+    assert await backend.wait(run, WAIT)
+    assert recorder.last(run.id) == "cancelled"
+    assert "woke up" not in read_store(store, run.id, "logs.txt").decode()
+    assert read_store(store, run.id, "output.ipynb")
+    assert not _alive(run.backend_ref["pid"])
+    assert not _kernels_under(data_dir)
+
+
+async def test_script_job_with_env_and_declared_output(backend, store, recorder):
+    body = {
+        "source": {"script": "train.py", "content": (NB_DIR / "train.py").read_text()},
+        "env": {"C": "0.25"},
+        "outputs": ["model.joblib"],
+    }
+    run = await submit(backend, store, body)
+    assert await backend.wait(run, WAIT)
+    assert recorder.last(run.id) == "succeeded", recorder.calls
+    assert "C=0.25 accuracy=" in read_store(store, run.id, "logs.txt").decode()
+    assert read_store(store, run.id, "outputs/model.joblib")
+    assert recorder.last(run.id, key="metrics")[0]["name"] == "accuracy"
+    assert "script_sha256" in recorder.last(run.id, key="environment")
+
+
+async def test_command_jobs(backend, store, recorder):
+    ok = await submit(
+        backend,
+        store,
+        {
+            "source": {
+                "command": [
+                    sys.executable,
+                    "-c",
+                    "import os, pathlib; print('job', os.environ['PAI_JOB_ID']);"
+                    "pathlib.Path(os.environ['PAI_OUTPUT_DIR'], 'note.txt').write_text('hi')",
+                ]
+            }
+        },
+    )
+    raising = await submit(
+        backend, store, {"source": {"command": [sys.executable, "-c", "raise KeyError('nope')"]}}
+    )
+    code3 = await submit(
+        backend, store, {"source": {"command": [sys.executable, "-c", "import sys; sys.exit(3)"]}}
+    )
+    missing = await submit(backend, store, {"source": {"command": ["no-such-program-pai"]}})
+    for run in (ok, raising, code3, missing):
+        assert await backend.wait(run, WAIT)
+    assert recorder.last(ok.id) == "succeeded"
+    assert f"job {ok.id}" in read_store(store, ok.id, "logs.txt").decode()
+    assert read_store(store, ok.id, "outputs/note.txt") == b"hi"
+    assert recorder.last(raising.id, key="exit_reason") == "KeyError: 'nope'"
+    assert recorder.last(code3.id, key="exit_reason") == "exited with code 3"
+    assert recorder.last(missing.id, key="exit_reason") == "command not found: no-such-program-pai"
+    assert {recorder.last(r.id) for r in (raising, code3, missing)} == {"failed"}
+
+
+async def test_missing_declared_output_fails_the_job(backend, store, recorder):
+    run = await submit(
+        backend,
+        store,
+        {"source": {"command": [sys.executable, "-c", "print(1)"]}, "outputs": ["model.joblib"]},
+    )
+    assert await backend.wait(run, WAIT)
+    assert recorder.last(run.id) == "failed"
+    assert (
+        recorder.last(run.id, key="exit_reason")
+        == "declared output 'model.joblib' was not produced"
+    )
+
+
+async def test_reattach_after_control_plane_death(data_dir, store):
+    first = Recorder()
+    a = LocalJobBackend(store=store, report=first, data_dir=str(data_dir), warm_pool_size=0)
+    body = {
+        "source": {
+            "notebook": "slow.ipynb",
+            "content": make_notebook(
+                "import time\nprint('before', flush=True)",
+                "time.sleep(4)\nprint('after')",
+            ),
+        }
+    }
+    run = await submit(a, store, body)
+    ref = run.backend_ref
+    await wait_for_log(a, run, "before")
+    await a.shutdown()  # the control plane goes away; the job keeps running
+    assert _alive(ref["pid"])
+    assert first.last(run.id) == "running"
+
+    second = Recorder()
+    b = LocalJobBackend(store=store, report=second, data_dir=str(data_dir), warm_pool_size=0)
+    try:
+        await b.reattach(run)
+        assert b.is_active(run)
+        assert await b.wait(run, WAIT)
+        assert second.last(run.id) == "succeeded", second.calls
+        logs = read_store(store, run.id, "logs.txt").decode()
+        assert "before" in logs and "after" in logs
+        # reattach again (e.g. another restart) reports the final state from result.json
+        third = Recorder()
+        c = LocalJobBackend(store=store, report=third, data_dir=str(data_dir), warm_pool_size=0)
+        await c.reattach(run)
+        await c.wait(run, WAIT)
+        assert third.last(run.id) == "succeeded"
+        await c.shutdown()
+    finally:
+        await b.shutdown()
+
+
+async def test_reattach_reports_lost_for_vanished_or_reused_pid(backend, recorder, data_dir):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    st = proc_start_time(gone.pid)
+    gone.wait()
+    run = JobRun(
+        id="vanished",
+        workspace="default",
+        owner="alice",
+        attempt=1,
+        spec={"source": {"command": ["x"]}},
+        profile={},
+        backend_ref={
+            "pid": gone.pid,
+            "start_time": st,
+            "run_dir": str(data_dir / "runs/vanished/1"),
+        },
+    )
+    await backend.reattach(run)
+    assert recorder.last("vanished") == "lost"
+    # a live pid that belongs to another process (pid reuse) is not the job
+    me = JobRun(
+        id="reused",
+        workspace="default",
+        owner="alice",
+        attempt=1,
+        spec={"source": {"command": ["x"]}},
+        profile={},
+        backend_ref={"pid": os.getpid(), "start_time": 12345, "run_dir": str(data_dir / "nope")},
+    )
+    await backend.reattach(me)
+    assert recorder.last("reused") == "lost"
+    assert "vanished" in recorder.last("reused", key="exit_reason")
+
+
+async def test_killed_runner_fails_with_signal(backend, store, recorder):
+    run = await submit(
+        backend,
+        store,
+        {
+            "source": {
+                "command": [
+                    sys.executable,
+                    "-c",
+                    "import time; print('up', flush=True); time.sleep(60)",
+                ]
+            }
+        },
+    )
+    await wait_for_log(backend, run, "up")
+    os.killpg(run.backend_ref["pgid"], signal.SIGKILL)
+    assert await backend.wait(run, WAIT)
+    assert recorder.last(run.id) == "failed"
+    assert recorder.last(run.id, key="exit_reason").startswith("runner exited with signal 9")
+
+
+async def test_gpu_pool_accounting(monkeypatch, data_dir, store, recorder):
+    monkeypatch.setenv("PAI_LAB_GPUS", "")
+    none = LocalJobBackend(store=store, report=recorder, data_dir=str(data_dir), warm_pool_size=0)
+    gpu_run = JobRun(
+        id="g0",
+        workspace="default",
+        owner="alice",
+        attempt=1,
+        spec={"source": {"command": ["true"]}, "resources": {}},
+        profile={"gpu": 1},
+    )
+    assert "has none" in none.unavailable_reason(gpu_run)
+    await none.shutdown()
+
+    monkeypatch.setenv("PAI_LAB_GPUS", "0")
+    b = LocalJobBackend(store=store, report=recorder, data_dir=str(data_dir), warm_pool_size=0)
+    try:
+        assert b.unavailable_reason(gpu_run) is None
+        b.gpu_pool.acquire("server:bob", 1)  # a notebook server holds the only GPU
+        assert b.wait_reason(gpu_run) == "waiting for a free GPU (0 of 1 free)"
+        b.gpu_pool.release("server:bob")
+        assert b.wait_reason(gpu_run) is None
+        body = {
+            "source": {
+                "command": [
+                    sys.executable,
+                    "-c",
+                    "import os; print('CVD=' + os.environ['CUDA_VISIBLE_DEVICES'])",
+                ]
+            },
+            "resources": {"gpu": 1},
+        }
+        run = await submit(b, store, body)
+        assert run.backend_ref["gpus"] == [0]
+        assert b.gpu_pool.owners() == {f"job:{run.id}:1": [0]}
+        assert await b.wait(run, WAIT)
+        assert "CVD=0" in read_store(store, run.id, "logs.txt").decode()
+        assert b.gpu_pool.owners() == {}
+    finally:
+        await b.shutdown()
+
+
+async def test_checkpoints_survive_a_retry(backend, store, recorder):
+    script = (
+        "import os, pai_lab\n"
+        "d = pai_lab.checkpoint_dir()\n"
+        "p = os.path.join(d, 'step.txt')\n"
+        "step = int(open(p).read()) if os.path.exists(p) else 0\n"
+        "print('resumed from', step, flush=True)\n"
+        "open(p, 'w').write(str(step + 5))\n"
+        "if step == 0:\n"
+        "    raise RuntimeError('crash after checkpoint')\n"
+    )
+    body = {"source": {"script": "ckpt.py", "content": script}}
+    first = await submit(backend, store, body)
+    assert await backend.wait(first, WAIT)
+    assert recorder.last(first.id) == "failed"
+    assert recorder.last(first.id, key="exit_reason") == "RuntimeError: crash after checkpoint"
+    second = await submit(backend, store, body, attempt=2, job_id=first.id)
+    assert await backend.wait(second, WAIT)
+    assert recorder.last(first.id, attempt=2) == "succeeded"
+    assert "resumed from 5" in read_store(store, first.id, "logs.txt").decode()
+    assert read_store(store, first.id, "checkpoints/step.txt") == b"10"
