@@ -1,0 +1,193 @@
+/**
+ * "Submit as job": the dialog that turns the open notebook (with its unsaved edits)
+ * into a `POST pai/api/notebook-jobs` request, and the confirmation notification.
+ */
+import { Notification } from '@jupyterlab/apputils';
+import { PathExt } from '@jupyterlab/coreutils';
+import { NotebookPanel } from '@jupyterlab/notebook';
+
+import { errorMessage } from './api';
+import { formDialog, IFormField } from './forms';
+import { PaiModel } from './model';
+import {
+  findParametersCell,
+  formatParameters,
+  ICellLike,
+  parseDuration,
+  parseOutputs,
+  parseParameterLines,
+  parseParametersCell
+} from './params';
+import { IJob, INotebookJobRequest, IProfile } from './types';
+
+export interface ISubmitDefaults {
+  name: string;
+  parameters: string;
+  skipped: string[];
+}
+
+/** Dialog defaults for a notebook: its name and its `parameters` cell's values. */
+export function submitDefaults(path: string, notebook: { cells?: ICellLike[] }): ISubmitDefaults {
+  const source = findParametersCell(notebook.cells ?? []);
+  const parsed = source === null ? { values: {}, skipped: [] } : parseParametersCell(source);
+  return {
+    name: PathExt.basename(path, PathExt.extname(path)),
+    parameters: formatParameters(parsed.values),
+    skipped: parsed.skipped
+  };
+}
+
+/**
+ * Build the request from the dialog's values. Throws an Error naming the field that
+ * is wrong, which the dialog shows.
+ */
+export function buildSubmitRequest(
+  values: Record<string, string>,
+  context: { path: string; content: unknown; workspace: string }
+): INotebookJobRequest {
+  if (!context.workspace) {
+    throw new Error('Select a workspace in the PAI sidebar first.');
+  }
+  const workers = Number(values.workers || '1');
+  if (!Number.isInteger(workers) || workers < 1 || workers > 64) {
+    throw new Error(`Workers must be a whole number from 1 to 64, got "${values.workers}".`);
+  }
+  const retries = Number(values.retries || '0');
+  if (!Number.isInteger(retries) || retries < 0 || retries > 10) {
+    throw new Error(`Retries must be a whole number from 0 to 10, got "${values.retries}".`);
+  }
+  const dir = PathExt.dirname(context.path);
+  const files = parseOutputs(values.files ?? '').map(file => (dir ? `${dir}/${file}` : file));
+  const request: INotebookJobRequest = {
+    path: context.path,
+    content: context.content,
+    workspace: context.workspace,
+    parameters: parseParameterLines(values.parameters ?? ''),
+    workers,
+    retries,
+    max_runtime: parseDuration(values.max_runtime ?? ''),
+    outputs: parseOutputs(values.outputs ?? '')
+  };
+  const name = (values.name ?? '').trim();
+  if (name) {
+    request.name = name;
+  }
+  if (values.profile) {
+    request.profile = values.profile;
+  }
+  if (files.length) {
+    request.files = files;
+  }
+  return request;
+}
+
+function profileLabel(profile: IProfile): string {
+  return profile.display_name || profile.slug;
+}
+
+/**
+ * Open the submit dialog for a notebook and submit it. Resolves with the job, or null
+ * when the user cancelled. Failures are shown as notifications.
+ */
+export async function submitNotebook(
+  model: PaiModel,
+  panel: NotebookPanel,
+  onShowJob: (job: IJob) => void
+): Promise<IJob | null> {
+  const { trans } = model;
+  if (!model.me) {
+    await model.refresh();
+  }
+  if (!model.workspace) {
+    Notification.error(
+      model.error
+        ? trans.__('Cannot submit: %1', model.error)
+        : trans.__('Cannot submit: you are not a member of any workspace.'),
+      { autoClose: false }
+    );
+    return null;
+  }
+  const path = panel.context.path;
+  const content = panel.context.model.toJSON() as { cells?: ICellLike[] };
+  const defaults = submitDefaults(path, content);
+  let profiles: IProfile[] = [];
+  let profileError = '';
+  try {
+    profiles = await model.profiles();
+  } catch (error) {
+    profileError = errorMessage(error);
+  }
+  const defaultProfile = profiles.find(p => p.default)?.slug ?? profiles[0]?.slug ?? '';
+  const fields: IFormField[] = [
+    { name: 'name', label: trans.__('Job name'), value: defaults.name },
+    {
+      name: 'profile',
+      label: trans.__('Profile'),
+      kind: 'select',
+      value: defaultProfile,
+      options: profiles.length
+        ? profiles.map(p => ({ value: p.slug, label: profileLabel(p) }))
+        : [{ value: '', label: trans.__('Workspace default') }],
+      help: profileError ? trans.__('Could not load profiles: %1', profileError) : undefined
+    },
+    {
+      name: 'parameters',
+      label: trans.__('Parameters (NAME=VALUE per line, VALUE in JSON)'),
+      kind: 'textarea',
+      value: defaults.parameters,
+      help: defaults.skipped.length
+        ? trans.__('Not pre-filled (not literals): %1', defaults.skipped.join(', '))
+        : trans.__('Pre-filled from the cell tagged "parameters".')
+    },
+    { name: 'workers', label: trans.__('Workers'), kind: 'number', value: '1', min: 1 },
+    {
+      name: 'max_runtime',
+      label: trans.__('Max runtime'),
+      value: '1h',
+      placeholder: trans.__('e.g. 30m, 2h; empty for no limit')
+    },
+    {
+      name: 'outputs',
+      label: trans.__('Outputs to keep'),
+      value: '',
+      placeholder: 'model.joblib, metrics.json'
+    },
+    {
+      name: 'files',
+      label: trans.__('Files to include (next to the notebook)'),
+      value: '',
+      placeholder: 'data.csv, utils.py'
+    },
+    { name: 'retries', label: trans.__('Retries'), kind: 'number', value: '0', min: 0 }
+  ];
+  const request = await formDialog({
+    title: trans.__('Submit %1 as a job in %2', PathExt.basename(path), model.workspace),
+    accept: trans.__('Submit'),
+    trans,
+    fields,
+    intro: panel.context.model.dirty
+      ? trans.__('Unsaved edits are included in the job.')
+      : undefined,
+    validate: values =>
+      buildSubmitRequest(values, {
+        path,
+        content: panel.context.model.toJSON(),
+        workspace: model.workspace
+      })
+  });
+  if (!request) {
+    return null;
+  }
+  try {
+    const job = await model.api.submitNotebook(request);
+    model.touchJobs(job.id);
+    Notification.success(trans.__('Submitted job %1', job.id), {
+      autoClose: 8000,
+      actions: [{ label: trans.__('Show job'), callback: () => onShowJob(job) }]
+    });
+    return job;
+  } catch (error) {
+    Notification.error(trans.__('Submit failed: %1', errorMessage(error)), { autoClose: false });
+    return null;
+  }
+}
