@@ -33,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
     s.max_batch_size = args.max_batch_size
     s.max_latency_ms = args.max_latency_ms
     s.device = args.device
+    s.max_body_bytes = args.max_body_bytes
     if args.port_file:
         s.port_file = args.port_file
     app = ModelServer(config=c)
@@ -71,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-latency-ms", type=float, default=2.0, help="most a request waits to be batched"
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger bodies get 400"
     )
     p.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda:0)")
     p.add_argument("--port-file", help=argparse.SUPPRESS)

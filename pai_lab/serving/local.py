@@ -129,7 +129,6 @@ class LocalDeploymentBackend(LoggingConfigurable):
         if not self.data_dir:
             raise ValueError("LocalDeploymentBackend needs a data_dir")
         self.root = Path(self.data_dir) / "deployments"
-        self.client = tornado.httpclient.AsyncHTTPClient()
 
     # -- paths ---------------------------------------------------------------------
     def run_dir(self, name: str, workspace: str = "default") -> Path:
@@ -167,7 +166,7 @@ class LocalDeploymentBackend(LoggingConfigurable):
         info = self._router_info(run_dir)
         if info is None:
             raise BackendUnavailable(f"router of {run_dir.name} is not running")
-        resp = await self.client.fetch(
+        resp = await tornado.httpclient.AsyncHTTPClient().fetch(
             f"http://{self.host}:{info['port']}{path}",
             method=method,
             body=json.dumps(body) if body is not None else None,

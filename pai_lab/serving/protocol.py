@@ -176,6 +176,14 @@ def decode_tensor(t: Any, index: int) -> tuple[str, np.ndarray]:
         raise InferenceError(
             f"input '{name}': 'data' is ragged (nested lists of different lengths)"
         ) from None
+    if raw.dtype.kind in "fO" and datatype in ("INT64", "UINT64"):
+        # integers beyond float64's exact range arrive as floats/objects: keep them exact
+        flat = np.asarray(data, dtype=object).ravel()
+        if flat.size and all(type(v) is int for v in flat):
+            try:
+                raw = np.asarray(data, dtype=DATATYPES[datatype])
+            except OverflowError:
+                raise InferenceError(f"input '{name}': value out of range for {datatype}") from None
     expected = math.prod(shape)
     if raw.size != expected:
         raise InferenceError(
