@@ -9,7 +9,14 @@ import os
 import pytest
 from traitlets.config import Config
 
-from pai_lab.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
+from pai_lab.errors import (
+    BackendUnavailable,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+)
 from pai_lab.storage import ArtifactStore, WorkspaceStore, check_workspace_name, safe_path
 from pai_lab.storage.paths import TMP_PREFIX
 
@@ -563,3 +570,27 @@ def test_s3_options_are_normalised(s3_server):
     ws.write_bytes_sync("x.txt", b"over s3")
     assert ws.read_bytes_sync("x.txt") == b"over s3"
     assert ws.url("x.txt") == f"s3://{s3_server['bucket']}/cfg/workspaces/w/x.txt"
+
+
+@pytest.mark.s3
+async def test_unreachable_s3_is_503_without_internals():
+    from tests.support.common import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    s = ArtifactStore(
+        url="s3://hidden-bucket/hidden-prefix",
+        storage_options={
+            "key": "k",
+            "secret": "s",
+            "endpoint_url": endpoint,
+            "config_kwargs": {"retries": {"max_attempts": 1}},
+        },
+    )
+    s.fs.retries = 1  # s3fs's own retry loop; keeps the test short
+    ws = s.workspace("w")
+    for call in (ws.list(""), ws.read_bytes("x"), ws.write_bytes("x", b"1")):
+        with pytest.raises(BackendUnavailable) as e:
+            await call
+        assert e.value.status == 503
+        assert "hidden" not in e.value.message and endpoint not in e.value.message
+    s.close()

@@ -366,11 +366,18 @@ class WorkspaceStore:
         except (NotADirectoryError, FileExistsError):
             raise Conflict(f"'{rel}' conflicts with an existing file on its path") from None
         except PermissionError as e:
-            raise Forbidden(f"the artifact store denied access to '{rel}': {e}") from None
+            # The store's own credentials or file modes, not the caller's role: say so,
+            # and keep store internals (paths, bucket, endpoint) in the server log only.
+            self._store.log.warning("artifact store denied access to %s: %s", rel, e)
+            raise Forbidden(
+                f"the artifact store denied access to '{rel}'; check its credentials"
+            ) from None
         except Exception as e:
             if _is_unreachable(e):
+                self._store.log.warning("artifact store unavailable (%s): %r", rel, e)
                 raise BackendUnavailable(
-                    f"the artifact store is unavailable ({type(e).__name__}: {e})"
+                    f"the artifact store is unavailable ({type(e).__name__}); "
+                    "see the control plane log"
                 ) from None
             raise
 
