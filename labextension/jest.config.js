@@ -2,9 +2,16 @@ const jestJupyterLab = require('@jupyterlab/testutils/lib/jest-config');
 
 const esModules = [
   '@codemirror',
+  '@marijn',
+  '@microsoft',
+  '@jupyter/react-components',
+  '@jupyter/web-components',
   '@jupyter/ydoc',
   '@jupyterlab/',
+  'color',
+  'exenv-es6',
   'lib0',
+  'marked',
   'nanoid',
   'vscode-ws-jsonrpc',
   'y-protocols',
@@ -23,6 +30,15 @@ module.exports = {
     '!src/**/.ipynb_checkpoints/*'
   ],
   coverageReporters: ['text-summary'],
+  reporters: ['default'],
   testRegex: 'src/.*/.*.spec.ts[x]?$',
+  transform: {
+    ...baseConfig.transform,
+    // Types are checked by `tsc` in the build; jest only needs to run the code.
+    '^.+\\.tsx?$': [
+      'ts-jest/legacy',
+      { tsconfig: './tsconfig.test.json', isolatedModules: true }
+    ]
+  },
   transformIgnorePatterns: [`/node_modules/(?!${esModules}).+`]
 };

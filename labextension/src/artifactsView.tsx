@@ -23,7 +23,7 @@ import {
 import { confirm, downloadArtifact, IPaiContext, openArtifact } from './actions';
 import { errorMessage } from './api';
 import { Empty, ErrorBox, IconButton, Loading, useSignal } from './components';
-import { breadcrumbs, fileKind, formatSize, formatTime, formatTimestamp } from './format';
+import { breadcrumbs, fileKind, formatSize, formatTime, formatTimestamp, sortEntries } from './format';
 import { IFileEntry } from './types';
 import { joinPath, paiUri } from './urls';
 
@@ -32,16 +32,6 @@ interface IUpload {
   loaded: number;
   total: number;
   error?: string;
-}
-
-/** Folders first, then by name. */
-export function sortEntries(entries: IFileEntry[]): IFileEntry[] {
-  return [...entries].sort((a, b) => {
-    if (a.type !== b.type) {
-      return a.type === 'directory' ? -1 : 1;
-    }
-    return a.name.localeCompare(b.name);
-  });
 }
 
 function iconFor(entry: IFileEntry) {

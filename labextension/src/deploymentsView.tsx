@@ -10,18 +10,8 @@ import { IPaiContext } from './actions';
 import { errorMessage } from './api';
 import { CopyText, Empty, ErrorBox, IconButton, KeyValues, Loading, TextButton, usePolling, useSignal } from './components';
 import { formDialog } from './forms';
-import { curlExample } from './format';
+import { curlExample, endpointOf, servedModel } from './format';
 import { IDeployment } from './types';
-
-/** The model name a deployment serves (for the V2 URL): `iris@production` -> `iris`. */
-export function servedModel(dep: IDeployment): string {
-  const spec = dep.model ?? dep.variants?.[0]?.model ?? dep.name;
-  return String(spec).split(/[@:]/)[0];
-}
-
-export function endpointOf(dep: IDeployment): string {
-  return String(dep.url ?? dep.endpoint ?? '');
-}
 
 export function DeploymentsView(props: { ctx: IPaiContext }) {
   const { ctx } = props;

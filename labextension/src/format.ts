@@ -2,6 +2,7 @@
  * Formatting for the panels: sizes, times, breadcrumbs, file kinds, curl examples.
  */
 import { toMillis } from './jobs';
+import { IDeployment, IFileEntry } from './types';
 import { joinPath, splitPath } from './urls';
 
 /** `512 B`, `1.5 KiB`, `12 MiB`; '' for folders / unknown. */
@@ -135,4 +136,38 @@ export function curlExample(
     "  -H 'Content-Type: application/json' \\",
     `  -d '${data}'`
   ].join('\n');
+}
+
+/** Folders first, then by name. */
+export function sortEntries(entries: IFileEntry[]): IFileEntry[] {
+  return [...entries].sort((a, b) => {
+    if (a.type !== b.type) {
+      return a.type === 'directory' ? -1 : 1;
+    }
+    return a.name.localeCompare(b.name);
+  });
+}
+
+const NAME = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
+
+/** Check a model, alias or deployment name the way the control plane does (DNS-ish). */
+export function checkName(name: string, what: string): string {
+  const trimmed = name.trim();
+  if (!NAME.test(trimmed)) {
+    throw new Error(
+      `${what} "${trimmed}" must be lowercase letters, digits, '.', '_' or '-', start and end with a letter or digit.`
+    );
+  }
+  return trimmed;
+}
+
+/** The model name a deployment serves (for the V2 URL): `iris@production` -> `iris`. */
+export function servedModel(dep: IDeployment): string {
+  const spec = dep.model ?? dep.variants?.[0]?.model ?? dep.name;
+  return String(spec).split(/[@:]/)[0];
+}
+
+/** A deployment's endpoint URL ('' until it has one). */
+export function endpointOf(dep: IDeployment): string {
+  return String(dep.url ?? dep.endpoint ?? '');
 }

@@ -12,21 +12,8 @@ import { IPaiContext } from './actions';
 import { errorMessage, PaiApiError } from './api';
 import { Empty, ErrorBox, IconButton, KeyValues, Loading, TextButton, usePolling } from './components';
 import { formDialog } from './forms';
-import { formatTimestamp } from './format';
+import { checkName, formatTimestamp } from './format';
 import { IJob, IModel, IModelVersion } from './types';
-
-const NAME = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
-
-/** Check a model or deployment name the way the control plane does (DNS-ish). */
-export function checkName(name: string, what: string): string {
-  const trimmed = name.trim();
-  if (!NAME.test(trimmed)) {
-    throw new Error(
-      `${what} "${trimmed}" must be lowercase letters, digits, '.', '_' or '-', start and end with a letter or digit.`
-    );
-  }
-  return trimmed;
-}
 
 /** Dialog: register a job output as a new model version. */
 export async function registerModelDialog(ctx: IPaiContext, job: IJob): Promise<void> {
