@@ -132,6 +132,10 @@ def test_write_rm_copy_get_put(env, store, tmp_path):
     assert not fs.exists("pai://models")
     with pytest.raises(FileNotFoundError):
         fs.rm_file("pai://models/m.bin")
+    with pytest.raises(IsADirectoryError):
+        fs.open("pai://uploaded", "rb")
+    with pytest.raises(FileNotFoundError):
+        fs.open("pai://uploaded/nope", "rb")
     with pytest.raises(ValueError, match="'ab'"):
         fs.open("pai://x", "ab")
 

@@ -271,6 +271,8 @@ async def test_delete(ws):
     await ws.write_bytes("d/one.txt", b"1")
     await ws.write_bytes("d/sub/two.txt", b"2")
     await ws.write_bytes("keep.txt", b"k")
+    await ws.write_bytes("d2.txt", b"sibling with the same prefix")
+    await ws.write_bytes("dx/three.txt", b"3")
 
     await ws.delete("d/one.txt")
     assert not await ws.exists("d/one.txt")
@@ -280,7 +282,9 @@ async def test_delete(ws):
     assert await ws.read_bytes("d/sub/two.txt") == b"2"
 
     await ws.delete("d", recursive=True)
-    assert names(await ws.list("")) == ["keep.txt"]
+    assert names(await ws.list("")) == ["dx", "d2.txt", "keep.txt"]
+    assert await ws.find("d") == []
+    assert await ws.find("") == ["d2.txt", "dx/three.txt", "keep.txt"]
     with pytest.raises(NotFound):
         await ws.delete("d")
     with pytest.raises(BadRequest, match="workspace root"):

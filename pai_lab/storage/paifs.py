@@ -351,13 +351,19 @@ class PaiFileSystem(AbstractFileSystem):
     ) -> PaiFile:
         if mode not in ("rb", "wb"):
             raise ValueError(f"pai:// files open as 'rb' or 'wb', not {mode!r}")
+        path = self._strip_protocol(path)
+        if mode == "rb":
+            info = self.info(path)  # FileNotFoundError for a missing file
+            if info["type"] == "directory":
+                raise IsADirectoryError(errno.EISDIR, "is a folder", f"pai://{path}")
+            kwargs["size"] = info["size"]
         cache_type = kwargs.pop("cache_type", None)
         if cache_type is None:
             # The REST API has no range reads: fetch the whole file once.
             cache_type = "all" if mode == "rb" and self._backend.mode == "rest" else "readahead"
         return PaiFile(
             self,
-            self._strip_protocol(path),
+            path,
             mode=mode,
             block_size=block_size or "default",
             autocommit=autocommit,
