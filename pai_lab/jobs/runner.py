@@ -320,6 +320,7 @@ class Runner:
         self._stop = threading.Event()
         self.started = time.time()
         self.env_info: dict = {}
+        self.timings: dict[str, float] = {}
         self._env_thread: threading.Thread | None = None
         self._ws = None
         # the backend SIGKILLs after its grace period: stop the code in half of it
@@ -479,6 +480,7 @@ class Runner:
             if self._stop.is_set():
                 worker.kill()
                 return self.stop_state, self.stop_reason
+        self.timings["kernel_ready"] = time.time()
         if worker.start_error is not None:
             e = worker.start_error
             return "failed", f"kernel {kernel_name!r} did not start: {type(e).__name__}: {e}"
@@ -509,6 +511,7 @@ class Runner:
             )
 
         box = worker.submit(execute)
+        self.timings["executing"] = time.time()
 
         def on_stop(force: bool) -> None:
             worker.signal_kernel(signal.SIGKILL if force else signal.SIGINT)
@@ -594,6 +597,7 @@ class Runner:
     def finish(self, state: str, reason: str | None, source_path: Path | None) -> dict:
         """Save and upload everything, then write result.json (last)."""
         problems: list[str] = []
+        self.timings["executed"] = time.time()
         if self._env_thread is not None:
             self._env_thread.join(30)
         metrics = []
@@ -648,6 +652,7 @@ class Runner:
             "metrics": metrics,
             "environment": self.env_info,
             "rank": self.rank,
+            "timings": {k: round(v - self.started, 3) for k, v in self.timings.items()},
         }
         self._write_json(RESULT, result)
         return result
@@ -663,6 +668,7 @@ class Runner:
                 + (f" (rank {self.rank} of {self.world})" if self.world > 1 else "")
             )
             source_path = self.fetch_inputs()
+            self.timings["fetched"] = time.time()
             self.capture_environment(source_path)
             source = self.spec.get("source") or {}
             if self._stop.is_set():
