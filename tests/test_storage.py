@@ -365,6 +365,9 @@ EVIL_PATHS = [
     "a//b",
     "a/\n/b",
     f"a/{TMP_PREFIX}123",
+    "d*",
+    "q?.txt",
+    "a/[ab]",
     "x" * 300,
 ]
 
@@ -430,6 +433,8 @@ def test_safe_path_messages():
         safe_path("a\\b")
     with pytest.raises(BadRequest, match="empty segment"):
         safe_path("a//b")
+    with pytest.raises(BadRequest, match="wildcard"):
+        safe_path("d*")
     with pytest.raises(BadRequest, match="must be a string"):
         safe_path(None)
     with pytest.raises(BadRequest, match="empty"):

@@ -21,6 +21,7 @@ MAX_SEGMENT_LENGTH = 255  # common filesystem limit (bytes)
 
 _WORKSPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_GLOB_RE = re.compile(r"[*?\[]")
 
 
 def _fully_decoded(path: str) -> str:
@@ -39,7 +40,8 @@ def safe_path(rel: str, *, allow_root: bool = True) -> str:
     Why so strict: the same string is used as a local path and as an S3 key, and is
     often decoded once more by some proxy on the way. Anything that could mean a
     different location to any of those layers (``..``, absolute paths, NUL, backslashes,
-    percent-encoded separators or dots, empty segments) is refused rather than "fixed".
+    percent-encoded separators or dots, empty segments, fsspec wildcards ``* ? [``) is
+    refused rather than "fixed".
     ``""`` (or ``"/"``-free ``"."``) is the workspace root. A trailing ``/`` is allowed so
     directory URLs work.
     """
@@ -52,6 +54,13 @@ def safe_path(rel: str, *, allow_root: bool = True) -> str:
         raise BadRequest(f"path {shown!r} contains a backslash; use '/' as separator")
     if _CONTROL_RE.search(rel):
         raise BadRequest(f"path {shown!r} contains a control character")
+    if _GLOB_RE.search(rel):
+        # fsspec expands these as wildcards in rm/copy/put/get: deleting "d*" would
+        # delete "d/" and "dx/" too. Refused everywhere so no backend can be tricked.
+        raise BadRequest(
+            f"path {shown!r} contains a wildcard character ('*', '?' or '['), "
+            "which file names may not use"
+        )
     if rel.startswith("/"):
         raise BadRequest(f"path {shown!r} is absolute; paths are relative to the workspace")
     decoded = _fully_decoded(rel)
