@@ -230,6 +230,10 @@ def _spec_from_args(args) -> dict:
 def cmd_job_submit(args) -> int:
     c = _client(args)
     spec = _spec_from_args(args)
+    if args.command_args and not args.command:
+        raise BadRequest(
+            f"unexpected arguments {args.command_args}; with --command, put the command line after --"
+        )
     if args.command:
         job = c.submit_job({"source": {"command": [args.source, *args.command_args]}, **spec})
     else:
@@ -487,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         "submit", parents=[common], help="run a notebook, script or command as a job"
     )
     s.add_argument("source", help="notebook (.ipynb) or script (.py); with --command, the program")
-    s.add_argument("command_args", nargs=argparse.REMAINDER, help="arguments of --command")
+    s.add_argument("command_args", nargs="*", help="arguments of --command (put them after --)")
     s.add_argument(
         "--command", action="store_true", help="SOURCE and what follows is a command line"
     )

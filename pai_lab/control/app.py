@@ -134,6 +134,7 @@ class PaiControl(Application):
         """Open the database, attach to running jobs and listen; returns once serving."""
         loop = asyncio.get_running_loop()
         Path(self.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_data_dir()
         if not self.base_url.endswith("/"):
             self.base_url += "/"
         db_url = self.db_url or f"sqlite:///{Path(self.data_dir) / 'pai-lab.sqlite'}"
@@ -176,6 +177,20 @@ class PaiControl(Application):
         self.http_server.add_sockets(sockets)
         await self.scheduler.reconcile()
         self.log.info("pai-lab control plane %s listening on %s", __version__, self.url)
+
+    def _lock_data_dir(self) -> None:
+        """One control plane per data dir: two would run every queued job twice."""
+        import fcntl
+
+        path = Path(self.data_dir) / "control.lock"
+        self._lock_file = open(path, "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise OSError(
+                f"another pai-lab control plane is already using the data dir {self.data_dir}"
+            ) from None
 
     def handlers(self) -> list:
         api = self.base_url + "api/v1"
@@ -233,6 +248,8 @@ class PaiControl(Application):
             await self.scheduler.shutdown()
         if getattr(self, "db", None):
             await asyncio.get_running_loop().run_in_executor(None, self.db.close)
+        if getattr(self, "_lock_file", None):
+            self._lock_file.close()
 
     # Embedding API used by the jupyter_server extension.
     async def start(self) -> None:  # type: ignore[override]

@@ -66,6 +66,12 @@ class FilesHandler(BaseHandler):
         if self._writer is not None and not self._writer.done():
             self._queue.put_nowait(_UploadAborted("request ended before upload completed"))
 
+    def write_error(self, status_code: int, **kwargs) -> None:
+        if self.request.method == "PUT":
+            # The body was not read: tell the client this connection cannot be reused.
+            self.set_header("Connection", "close")
+        super().write_error(status_code, **kwargs)
+
     async def put(self, ws: str, path: str) -> None:
         await self._queue.put(_END)
         size = await self._writer
