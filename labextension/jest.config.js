@@ -37,7 +37,7 @@ module.exports = {
     // Types are checked by `tsc` in the build; jest only needs to run the code.
     '^.+\\.tsx?$': [
       'ts-jest/legacy',
-      { tsconfig: './tsconfig.test.json', isolatedModules: true }
+      { tsconfig: './tsconfig.test.json' }
     ]
   },
   transformIgnorePatterns: [`/node_modules/(?!${esModules}).+`]
