@@ -462,9 +462,13 @@ class Router:
                         request_timeout=self.settings["request_timeout"],
                         raise_error=False,
                     )
+                except Exception as e:  # refused/reset/timeout: take it out, try another
+                    log.warning("replica %s of %s failed: %s", rep.index, v["name"], e)
+                    rep.ready = False
+                    continue
                 finally:
                     rep.inflight -= 1
-                if resp.code == 599:  # connection refused/reset: replica gone
+                if resp.code == 599:
                     rep.ready = False
                     continue
                 return resp.code, resp.body or b""
