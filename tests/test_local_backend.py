@@ -441,3 +441,66 @@ async def test_checkpoints_survive_a_retry(backend, store, recorder):
     assert recorder.last(first.id, attempt=2) == "succeeded"
     assert "resumed from 5" in read_store(store, first.id, "logs.txt").decode()
     assert read_store(store, first.id, "checkpoints/step.txt") == b"10"
+
+
+async def test_two_worker_notebook_job_prefixes_and_merges_rank_logs(backend, store, recorder):
+    body = {
+        "source": {
+            "notebook": "dist.ipynb",
+            "content": make_notebook(
+                "import os\nr, w = os.environ['RANK'], os.environ['WORLD_SIZE']\n"
+                "print(f'rank={r} of {w} local={os.environ[\"LOCAL_RANK\"]} '\n"
+                '      f\'master={os.environ["MASTER_ADDR"]}:{int(os.environ["MASTER_PORT"]) > 0}\')',
+                "open('who.txt', 'w').write(r)",
+            ),
+        },
+        "workers": 2,
+        "outputs": ["who.txt"],
+    }
+    run = await submit(backend, store, body)
+    assert await backend.wait(run, WAIT)
+    assert recorder.last(run.id) == "succeeded", recorder.calls
+    logs = read_store(store, run.id, "logs.txt").decode()
+    assert "[rank 0] rank=0 of 2 local=0 master=127.0.0.1:True" in logs
+    assert "[rank 1] rank=1 of 2 local=1 master=127.0.0.1:True" in logs
+    assert read_store(store, run.id, "outputs/who.txt") == b"0"  # rank 0 owns outputs
+    assert recorder.last(run.id, key="environment")["workers"] == 2
+
+
+async def test_a_failing_rank_fails_the_job_with_its_error(backend, store, recorder):
+    code = (
+        "import os, time\n"
+        "r = os.environ['RANK']\n"
+        "print('up', r, flush=True)\n"
+        "if r == '1':\n"
+        "    raise ValueError('rank one broke')\n"
+        "time.sleep(60)\n"
+    )
+    run = await submit(
+        backend, store, {"source": {"script": "d.py", "content": code}, "workers": 2}
+    )
+    assert await backend.wait(run, WAIT)
+    assert recorder.last(run.id) == "failed"
+    assert recorder.last(run.id, key="exit_reason") == "rank 1: ValueError: rank one broke"
+    logs = read_store(store, run.id, "logs.txt").decode()
+    assert "[rank 1] ValueError: rank one broke" in logs
+
+
+@pytest.mark.torch
+async def test_two_rank_gloo_all_reduce(backend, store, recorder):
+    pytest.importorskip("torch")
+    code = (
+        "import torch, torch.distributed as dist\n"
+        "dist.init_process_group('gloo')\n"
+        "t = torch.tensor([dist.get_rank() + 1.0])\n"
+        "dist.all_reduce(t)\n"
+        "print('sum', t.item(), 'world', dist.get_world_size(), flush=True)\n"
+        "dist.destroy_process_group()\n"
+    )
+    run = await submit(
+        backend, store, {"source": {"script": "ddp.py", "content": code}, "workers": 2}
+    )
+    assert await backend.wait(run, WAIT)
+    assert recorder.last(run.id) == "succeeded", read_store(store, run.id, "logs.txt").decode()
+    logs = read_store(store, run.id, "logs.txt").decode()
+    assert "[rank 0] sum 3.0 world 2" in logs and "[rank 1] sum 3.0 world 2" in logs

@@ -302,18 +302,37 @@ class Stop(Exception):
 class Runner:
     """Runs one attempt described by ``<run_dir>/job.json``; see the module docstring."""
 
-    def __init__(self, run_dir: str | os.PathLike, warm: KernelWorker | None = None):
+    def __init__(
+        self, run_dir: str | os.PathLike, warm: KernelWorker | None = None, rank: int | None = None
+    ):
         self.run_dir = Path(run_dir).resolve()
         self.job = json.loads((self.run_dir / "job.json").read_text())
         self.spec = self.job.get("spec") or {}
-        self.rank = int(self.job.get("rank", 0))
-        self.world = int(self.job.get("world_size", 1))
+        # rank_mode: one rank of a local distributed job, started by the launcher runner
+        # (on Kubernetes every pod is a full runner and job.json carries rank/world_size)
+        self.rank_mode = rank is not None
+        if self.rank_mode:
+            self.rank, self.world = int(rank), int(self.spec.get("workers") or 1)
+        else:
+            self.rank = int(self.job.get("rank", 0))
+            self.world = int(self.job.get("world_size", 1))
+        self.launcher = (
+            not self.rank_mode and "rank" not in self.job and int(self.spec.get("workers") or 1) > 1
+        )
+        self.rank_dir = (
+            self.run_dir / "ranks" / str(self.rank)
+            if self.rank_mode and self.rank > 0
+            else self.run_dir
+        )
         self.warm = warm
-        self.work = self.run_dir / "work"
-        self.output_dir = self.run_dir / "outputs"
+        self.work = self.rank_dir / "work"
+        self.output_dir = self.rank_dir / "outputs"
         self.ckpt_dir = self.run_dir / "checkpoints"
+        if self.launcher:
+            self.world = int(self.spec.get("workers") or 1)
         self.logs = LogSink(
-            self.run_dir / LOGS, prefix=f"[rank {self.rank}] " if self.world > 1 else ""
+            self.run_dir / LOGS,
+            prefix=f"[rank {self.rank}] " if self.world > 1 and not self.launcher else "",
         )
         self.stop_state: str | None = None  # "cancelled" | "timed_out"
         self.stop_reason: str | None = None
@@ -353,6 +372,18 @@ class Runner:
             "PAI_CHECKPOINT_DIR": str(self.ckpt_dir),
             "PYTHONUNBUFFERED": "1",
         }
+        if self.rank_mode:
+            env.update(
+                {
+                    "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(self.job.get("master_port")),
+                    "WORLD_SIZE": str(self.world),
+                    "RANK": str(self.rank),
+                    "LOCAL_RANK": str(self.rank),
+                    "LOCAL_WORLD_SIZE": str(self.world),
+                    "GROUP_RANK": "0",
+                }
+            )
         env.update({k: str(v) for k, v in (self.job.get("env") or {}).items()})
         env.update({k: str(v) for k, v in (self.spec.get("env") or {}).items()})
         return env
@@ -484,7 +515,8 @@ class Runner:
         if worker.start_error is not None:
             e = worker.start_error
             return "failed", f"kernel {kernel_name!r} did not start: {type(e).__name__}: {e}"
-        (self.run_dir / KERNEL_PIDS).write_text(f"{worker.kernel_pid}\n")
+        with open(self.run_dir / KERNEL_PIDS, "a") as f:  # the backend's last-resort kill list
+            f.write(f"{worker.kernel_pid}\n")
         setup = (
             "import os as _o, sys as _s\n"
             f"_o.chdir({str(self.work)!r})\n"
@@ -492,7 +524,7 @@ class Runner:
             f"_s.path.insert(0, {str(self.work)!r})\n"
             "del _o, _s\n"
         )
-        output = self.run_dir / OUTPUT_NB
+        output = self.rank_dir / OUTPUT_NB
 
         def execute():
             return pm.execute_notebook(
@@ -659,7 +691,10 @@ class Runner:
 
     def run(self) -> dict:
         """Run the attempt; never raises (a failure becomes result.json)."""
-        self._write_json("pid", {"pid": os.getpid(), "start_time": proc_start_time(os.getpid())})
+        if not self.rank_mode:
+            self._write_json(
+                "pid", {"pid": os.getpid(), "start_time": proc_start_time(os.getpid())}
+            )
         source_path = None
         try:
             self.logs.line(
@@ -667,12 +702,16 @@ class Runner:
                 f"on {socket.gethostname()}"
                 + (f" (rank {self.rank} of {self.world})" if self.world > 1 else "")
             )
+            source = self.spec.get("source") or {}
+            if self.rank_mode:
+                return self.run_rank()
             source_path = self.fetch_inputs()
             self.timings["fetched"] = time.time()
             self.capture_environment(source_path)
-            source = self.spec.get("source") or {}
             if self._stop.is_set():
                 state, reason = self.stop_state, self.stop_reason
+            elif self.launcher:
+                state, reason = self.run_distributed(source_path)
             elif "notebook" in source:
                 state, reason = self.run_notebook(source_path)
             elif "script" in source:
@@ -689,6 +728,119 @@ class Runner:
             result = {"state": "failed", "exit_reason": f"runner error: {type(e).__name__}: {e}"}
             self._write_json(RESULT, result)
             return result
+
+    # -- local distributed execution --------------------------------------------------
+    def rank_source(self) -> Path | None:
+        source = self.spec.get("source") or {}
+        for kind in ("notebook", "script"):
+            if kind in source:
+                name = os.path.basename(source[kind])
+                if kind == "notebook" and not name.endswith(".ipynb"):
+                    name += ".ipynb"
+                return self.work / name
+        return None
+
+    def run_rank(self) -> dict:
+        """One rank: run the already fetched input; leave result.rank<N>.json."""
+        source = self.spec.get("source") or {}
+        path = self.rank_source()
+        try:
+            if "notebook" in source:
+                state, reason = self.run_notebook(path)
+            elif "script" in source:
+                state, reason = self.run_process([sys.executable, "-u", str(path)])
+            else:
+                state, reason = self.run_process(list(source["command"]))
+        except Exception as e:  # noqa: BLE001
+            self.logs.write(traceback.format_exc())
+            state, reason = "failed", f"{type(e).__name__}: {e}"
+        result = {"state": state, "exit_reason": reason, "rank": self.rank}
+        self._write_json(f"result.rank{self.rank}.json", result)
+        return result
+
+    def run_distributed(self, source_path: Path | None) -> tuple[str, str | None]:
+        """``workers`` ranks on this machine, torchrun-style env; rank 0 owns outputs.
+
+        Every rank runs the same input in its own copy of the work dir (rank 0's is the
+        job's), with its log lines prefixed ``[rank N]``; the first rank to fail fails the
+        job with its own error and the others are stopped.
+        """
+        world = int(self.spec.get("workers") or 1)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.job["master_port"] = sock.getsockname()[1]
+        self._write_json("job.json", self.job, mode=0o600)
+        for r in range(1, world):
+            target = self.run_dir / "ranks" / str(r) / "work"
+            shutil.copytree(self.work, target, dirs_exist_ok=True)
+        self.logs.line(
+            f"starting {world} ranks (MASTER_ADDR=127.0.0.1 MASTER_PORT={self.job['master_port']})"
+        )
+        procs: dict[int, subprocess.Popen] = {}
+        with open(self.run_dir / "runner.log", "ab") as log:
+            for r in range(world):
+                procs[r] = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pai_lab.jobs.runner",
+                        "--rank",
+                        str(r),
+                        str(self.run_dir),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    cwd=self.run_dir,
+                )
+        failure: list[tuple[int, str]] = []
+
+        def rank_result(r: int) -> dict | None:
+            try:
+                return json.loads((self.run_dir / f"result.rank{r}.json").read_text())
+            except (OSError, ValueError):
+                return None
+
+        def check() -> bool:
+            if failure:
+                return all(p.poll() is not None for p in procs.values())
+            for r, p in procs.items():
+                if p.poll() is None:
+                    continue
+                res = rank_result(r) or {}
+                if res.get("state") != "succeeded":
+                    reason = res.get("exit_reason") or _describe_exit(p.returncode)
+                    failure.append((r, reason))
+                    self.logs.line(f"rank {r} failed: {reason}; stopping the other ranks")
+                    for q in procs.values():
+                        with contextlib.suppress(OSError):
+                            q.send_signal(signal.SIGTERM)
+                    return False
+            return all(p.poll() is not None for p in procs.values())
+
+        def on_stop(force: bool) -> None:
+            for p in procs.values():
+                with contextlib.suppress(OSError):
+                    p.send_signal(signal.SIGKILL if force else signal.SIGTERM)
+
+        self._wait(check, on_stop)
+        if self.stop_state:
+            return self.stop_state, self.stop_reason
+        if failure:
+            r, reason = failure[0]
+            return "failed", f"rank {r}: {reason}"
+        return "succeeded", None
+
+
+def _describe_exit(rc: int | None) -> str:
+    if rc is None:
+        return "still running"
+    if rc < 0:
+        try:
+            return f"killed by signal {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"runner exited with code {rc} without a result"
 
 
 def _install_stop_handler(get_runner) -> None:
@@ -709,10 +861,10 @@ def _exit(code: int) -> None:
     os._exit(code)  # skip interpreter teardown: the job is over, every file is closed
 
 
-def run_cold(run_dir: str) -> int:
+def run_cold(run_dir: str, rank: int | None = None) -> int:
     holder: list[Runner] = []
     _install_stop_handler(lambda: holder[0] if holder else None)
-    runner = Runner(run_dir)
+    runner = Runner(run_dir, rank=rank)
     holder.append(runner)
     runner.run()
     worker = getattr(runner, "worker", None)
@@ -769,6 +921,8 @@ def run_warm(kernel_name: str, cwd: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--rank"] and len(argv) == 3 and argv[1].isdigit():
+        _exit(run_cold(argv[2], rank=int(argv[1])))
     if argv[:1] == ["--warm"]:
         kernel = argv[1] if len(argv) > 1 else "python3"
         cwd = argv[2] if len(argv) > 2 else os.getcwd()
