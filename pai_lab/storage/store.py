@@ -250,9 +250,16 @@ class _AtomicWriter:
                 while not os.path.exists(d):
                     self._created_dirs.append(d)
                     d = os.path.dirname(d)
-                os.makedirs(parent, exist_ok=True)
                 self._tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}")
-                self._f = open(self._tmp, "xb")
+                for attempt in range(3):
+                    os.makedirs(parent, exist_ok=True)
+                    try:
+                        self._f = open(self._tmp, "xb")
+                        break
+                    except FileNotFoundError:
+                        # A failed concurrent write removed the folder it had created.
+                        if attempt == 2:
+                            raise
             elif ws._store.protocol in _OBJECT_STORES:
                 self._f = ws._fs.open(full, "wb", block_size=ws._store.upload_part_size)
             else:
@@ -299,10 +306,11 @@ class _AtomicWriter:
                         os.unlink(self._tmp)
                 elif self.ws._fs.exists(self._tmp):
                     self.ws._fs.rm(self._tmp)
-            for d in self._created_dirs:  # deepest first
-                os.rmdir(d)
         except OSError:
             pass
+        for d in self._created_dirs:  # deepest first; a non-empty one stays (in use)
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
 
 
 class WorkspaceStore:
@@ -520,8 +528,8 @@ class WorkspaceStore:
         """Atomically replace ``path`` with the concatenated chunks; returns the size."""
         rel = safe_path(path, allow_root=False)
         w = _AtomicWriter(self, rel, max_bytes)
-        w.open()
         try:
+            w.open()
             for chunk in chunks:
                 w.write(chunk)
             w.commit()
@@ -697,8 +705,8 @@ class WorkspaceStore:
         """
         rel = safe_path(path, allow_root=False)
         w = _AtomicWriter(self, rel, max_bytes)
-        await self._store.run(w.open)
         try:
+            await self._store.run(w.open)
             buf = bytearray()
             async for chunk in chunks:
                 if not isinstance(chunk, (bytes, bytearray, memoryview)):
