@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import importlib
 import os
 import secrets
 import socket
@@ -218,9 +219,13 @@ class PaiLabExtension(ExtensionApp):
 
     async def _start_embedded(self) -> None:
         try:
-            from ..control.app import PaiControl
-
-            os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+            loop = asyncio.get_running_loop()
+            # The first import (SQLAlchemy, the job backend...) takes seconds: not on the loop.
+            mod = await loop.run_in_executor(None, importlib.import_module, "pai_lab.control.app")
+            PaiControl = mod.PaiControl
+            await loop.run_in_executor(
+                None, lambda: os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+            )
             self.control = PaiControl(
                 config=_control_config(self.config),
                 base_url="/",
@@ -238,7 +243,7 @@ class PaiLabExtension(ExtensionApp):
                 if self.export_env:
                     self._export_env()
             self.log.info(
-                "pai-lab: embedded control plane at %s (data in %s); its jobs stop with this server",
+                "pai-lab: embedded control plane at %s (data in %s)",
                 self.upstream_url,
                 self.data_dir,
             )

@@ -130,7 +130,21 @@ class ProxyHandler(PaiBaseHandler):
     _client_gone = False
     _body_error: str | None = None
 
+    _deferred_error: BaseException | None = None
+
     async def prepare(self) -> None:  # type: ignore[override]
+        try:
+            await self._prepare_upstream()
+        except Exception as e:
+            if self.request.method in ("POST", "PUT", "PATCH", "DELETE") and not self._finished:
+                # Answering before the body is read makes the server close the socket with
+                # unread data, which the client sees as a reset instead of our 403/503.
+                # Drain (and drop) the body first, as a non-streaming handler would.
+                self._deferred_error = e
+                return
+            raise
+
+    async def _prepare_upstream(self) -> None:
         await super().prepare()
         if self._finished:
             return
@@ -170,7 +184,7 @@ class ProxyHandler(PaiBaseHandler):
         return self.ext.response_timeout or None
 
     async def data_received(self, chunk: bytes) -> None:
-        if self._upstream is None or self._body_error:
+        if self._upstream is None or self._body_error or self._deferred_error:
             return
         try:
             await self._upstream.write(chunk)
@@ -192,6 +206,8 @@ class ProxyHandler(PaiBaseHandler):
         await self.flush()
 
     async def _relay(self) -> None:
+        if self._deferred_error is not None:
+            raise self._deferred_error
         up = self._upstream
         if up is None:  # pragma: no cover - prepare raised
             return

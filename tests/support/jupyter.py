@@ -29,6 +29,15 @@ REPO = Path(__file__).resolve().parents[2]
 _LEAKY_PREFIXES = ("PAI_", "JUPYTERHUB_", "JPY_", "JUPYTER_")
 
 
+_OTHER_EXTENSIONS = (
+    "jupyterlab",
+    "jupyter_lsp",
+    "notebook_shim",
+    "jupyter_server_terminals",
+    "notebook",
+)
+
+
 @dataclass
 class JupyterServer:
     """A running server: ``url`` ends with the base URL (``http://127.0.0.1:P/jp/``)."""
@@ -128,6 +137,8 @@ def start_jupyter_server(
         f"--ServerApp.root_dir={root}",
         f"--IdentityProvider.token={token}",
         "--ServerApp.reraise_server_extension_failures=True",
+        # Only our extension (enabled by the repo's jupyter-config file): starts faster.
+        "--ServerApp.jpserver_extensions=" + repr({name: False for name in _OTHER_EXTENSIONS}),
         *(args or []),
     ]
     logf = open(log_path, "wb")
