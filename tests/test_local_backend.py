@@ -504,3 +504,51 @@ async def test_two_rank_gloo_all_reduce(backend, store, recorder):
     assert recorder.last(run.id) == "succeeded", read_store(store, run.id, "logs.txt").decode()
     logs = read_store(store, run.id, "logs.txt").decode()
     assert "[rank 0] sum 3.0 world 2" in logs and "[rank 1] sum 3.0 world 2" in logs
+
+
+FAKE_SMI = """#!/bin/sh
+# a stand-in for nvidia-smi on a machine without GPUs: the same CLI, fixed answers
+case "$*" in
+  *-L*) echo "GPU 0: Fake GPU (UUID: GPU-0)";;
+  *memory.total*) echo "0, Fake GPU, 16384";;
+  *utilization.gpu*) echo "0, 37, 1024";;
+esac
+"""
+
+
+async def test_gpu_metrics_recorded_from_nvidia_smi(
+    monkeypatch, tmp_path, data_dir, store, recorder
+):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(FAKE_SMI)
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("PAI_LAB_GPUS", raising=False)  # discovered through nvidia-smi -L
+    monkeypatch.setenv("PAI_GPU_SAMPLE_INTERVAL", "0.2")
+    b = LocalJobBackend(store=store, report=recorder, data_dir=str(data_dir), warm_pool_size=0)
+    try:
+        assert b.gpu_pool.devices() == [0]
+        body = {
+            "source": {"command": [sys.executable, "-c", "import time; time.sleep(1.5)"]},
+            "profile": "gpu",
+        }
+        spec, _ = parse_job_spec(body)
+        run = JobRun(
+            id="gpujob",
+            workspace="default",
+            owner="alice",
+            attempt=1,
+            spec=spec.to_dict(),
+            profile={"slug": "gpu", "gpu": 1},
+        )
+        run.backend_ref = await b.start(run)
+        assert await b.wait(run, WAIT)
+        assert recorder.last("gpujob") == "succeeded"
+        names = {m["name"]: m["value"] for m in recorder.last("gpujob", key="metrics")}
+        assert names["gpu0_utilization"] == 37 and names["gpu0_memory_used_mib"] == 1024
+        env = recorder.last("gpujob", key="environment")
+        assert env["gpus"] == ["0"]
+        assert env["gpu_devices"] == [{"index": "0", "name": "Fake GPU", "memory_total_mib": 16384}]
+    finally:
+        await b.shutdown()

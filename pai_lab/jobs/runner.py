@@ -46,6 +46,30 @@ KERNEL_PIDS = "kernel.pid"
 STOP_GRACE = float(os.environ.get("PAI_RUNNER_STOP_GRACE", "5"))
 #: seconds between periodic checkpoint uploads
 CHECKPOINT_INTERVAL = float(os.environ.get("PAI_CHECKPOINT_INTERVAL", "60"))
+#: seconds between GPU utilisation/memory samples (when the job has GPUs and nvidia-smi)
+GPU_SAMPLE_INTERVAL = float(os.environ.get("PAI_GPU_SAMPLE_INTERVAL", "10"))
+
+
+def nvidia_smi(args: list[str]) -> list[list[str]]:
+    """Rows of ``nvidia-smi --format=csv,noheader,nounits`` output, or [] without it."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, *args, "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
+
+
+def job_gpus() -> list[str]:
+    return [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)\b.*)$")
@@ -295,10 +319,6 @@ def resolve_kernel_name(nb_path: Path, default: str) -> str:
 # ----------------------------------------------------------------------------------
 
 
-class Stop(Exception):
-    """Raised inside the runner when the attempt is being cancelled or timed out."""
-
-
 class Runner:
     """Runs one attempt described by ``<run_dir>/job.json``; see the module docstring."""
 
@@ -337,6 +357,7 @@ class Runner:
         self.stop_state: str | None = None  # "cancelled" | "timed_out"
         self.stop_reason: str | None = None
         self._stop = threading.Event()
+        self._finished = threading.Event()
         self.started = time.time()
         self.env_info: dict = {}
         self.timings: dict[str, float] = {}
@@ -441,7 +462,7 @@ class Runner:
                 "platform": platform.platform(),
                 "hostname": socket.gethostname(),
                 "packages": dict(sorted(pkgs.items(), key=lambda kv: kv[0].lower())),
-                "gpus": [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g],
+                "gpus": job_gpus(),
                 "image": os.environ.get("PAI_IMAGE", ""),
                 "workers": self.world,
             }
@@ -449,6 +470,15 @@ class Runner:
                 sha = hashlib.sha256(source_path.read_bytes()).hexdigest()
                 key = "notebook_sha256" if source_path.suffix == ".ipynb" else "script_sha256"
                 info[key] = sha
+            if job_gpus():
+                rows = nvidia_smi(
+                    ["--query-gpu=index,name,memory.total", "-i", ",".join(job_gpus())]
+                )
+                info["gpu_devices"] = [
+                    {"index": r[0], "name": r[1], "memory_total_mib": _num(r[2])}
+                    for r in rows
+                    if len(r) >= 3
+                ]
             with contextlib.suppress(Exception):
                 from pai_lab import __version__
 
@@ -617,6 +647,38 @@ class Runner:
                 return "failed", f"killed by signal {signal.Signals(-rc).name}"
         return "failed", f"exited with code {rc}"
 
+    def sample_gpus(self) -> None:
+        """Record GPU utilisation and memory as job metrics while the job runs."""
+        gpus = job_gpus()
+        if self.rank != 0 or not gpus or not shutil.which("nvidia-smi"):
+            return
+        path = self.run_dir / METRICS
+
+        def loop() -> None:
+            step = 0
+            while not self._finished.wait(GPU_SAMPLE_INTERVAL if step else 0.2):
+                rows = nvidia_smi(
+                    ["--query-gpu=index,utilization.gpu,memory.used", "-i", ",".join(gpus)]
+                )
+                now = time.time()
+                with open(path, "a", encoding="utf-8") as f:
+                    for r in rows:
+                        if len(r) < 3:
+                            continue
+                        for name, val in (("utilization", r[1]), ("memory_used_mib", r[2])):
+                            v = _num(val)
+                            if v is not None:
+                                rec = {
+                                    "name": f"gpu{r[0]}_{name}",
+                                    "value": v,
+                                    "step": step,
+                                    "time": now,
+                                }
+                                f.write(json.dumps(rec) + "\n")
+                step += 1
+
+        threading.Thread(target=loop, name="pai-gpu-metrics", daemon=True).start()
+
     def upload_checkpoints(self, quiet: bool = False) -> None:
         if self.rank != 0 or not self.ckpt_dir.is_dir() or not any(self.ckpt_dir.iterdir()):
             return
@@ -629,6 +691,7 @@ class Runner:
     def finish(self, state: str, reason: str | None, source_path: Path | None) -> dict:
         """Save and upload everything, then write result.json (last)."""
         problems: list[str] = []
+        self._finished.set()
         self.timings["executed"] = time.time()
         if self._env_thread is not None:
             self._env_thread.join(30)
@@ -708,6 +771,7 @@ class Runner:
             source_path = self.fetch_inputs()
             self.timings["fetched"] = time.time()
             self.capture_environment(source_path)
+            self.sample_gpus()
             if self._stop.is_set():
                 state, reason = self.stop_state, self.stop_reason
             elif self.launcher:
@@ -830,6 +894,14 @@ class Runner:
             r, reason = failure[0]
             return "failed", f"rank {r}: {reason}"
         return "succeeded", None
+
+
+def _num(text: str) -> float | int | None:
+    try:
+        f = float(text)
+    except (TypeError, ValueError):
+        return None  # e.g. "[N/A]"
+    return int(f) if f.is_integer() else f
 
 
 def _describe_exit(rc: int | None) -> str:
