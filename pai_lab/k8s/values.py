@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 SCHEMA: dict[str, Any] = {
     "namespace": Option(
-        str, "pai-lab", "Namespace of the hub, the control plane and the model servers."
+        str, "pai-lab", "Namespace of the hub (the Z2JH release) and the control plane."
     ),
     "nameOverride": Option(
         str, "pai-lab", "Prefix of every object's name (control plane: <prefix>-control)."
@@ -338,23 +339,32 @@ def check_values(values: dict) -> None:
             raise BadRequest(f"values: singleuser.profiles[{i}]: {e}") from None
 
 
-def load_values(source: str | dict | None = None) -> dict:
-    """Defaults merged with a YAML file path, YAML text or a dict; ``BadRequest`` on bad input."""
-    given: Any = {}
-    if isinstance(source, dict):
+def values_from_yaml(text: str, where: str = "values") -> dict:
+    """Defaults merged with the YAML ``text`` of a values file."""
+    try:
+        given = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise BadRequest(f"values: {where} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return _from_given(given)
+
+
+def load_values(source: str | os.PathLike | dict | None = None) -> dict:
+    """Defaults merged with a values file (path) or a dict; ``BadRequest`` on bad input."""
+    if source is None:
+        given: Any = {}
+    elif isinstance(source, dict):
         given = source
-    elif isinstance(source, str):
-        text = source
-        if "\n" not in source and not source.lstrip().startswith("{"):
-            try:
-                with open(source, encoding="utf-8") as f:
-                    text = f.read()
-            except OSError as e:
-                raise BadRequest(f"values: cannot read {source!r}: {e.strerror}") from None
+    else:
         try:
-            given = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise BadRequest(f"values: not valid YAML: {str(e).splitlines()[0]}") from None
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise BadRequest(f"values: cannot read {os.fspath(source)!r}: {e.strerror}") from None
+        return values_from_yaml(text, where=os.fspath(source))
+    return _from_given(given)
+
+
+def _from_given(given: Any) -> dict:
     values = defaults()
     _merge(SCHEMA, given, values, "")
     check_values(values)

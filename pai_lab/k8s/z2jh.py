@@ -9,10 +9,13 @@ reach the control plane through Z2JH's own NetworkPolicies.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..errors import PaiError
 from . import objects as o
 from .render import control_url
 from .values import effective_profiles, load_values
@@ -174,5 +177,32 @@ def z2jh_values(values: dict) -> dict:
     return out
 
 
+CHART_VERSION = "4.4.0"
+_SCHEMA = Path(__file__).with_name(f"z2jh_values_schema_{CHART_VERSION}.json")
+
+
+def chart_schema_errors(chart_values: dict) -> list[str]:
+    """Problems of ``chart_values`` against the Z2JH chart's own values schema.
+
+    The schema (vendored from the chart, BSD-3-Clause) refuses unknown keys and wrong
+    types, which helm would otherwise only report at install time, or not at all.
+    """
+    import jsonschema
+
+    schema = json.loads(_SCHEMA.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    return [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '(top level)'}: {e.message}"
+        for e in sorted(validator.iter_errors(chart_values), key=lambda e: list(e.absolute_path))
+    ]
+
+
 def render_z2jh(source: str | dict | None = None) -> str:
-    return yaml.safe_dump(z2jh_values(load_values(source)), sort_keys=False)
+    """YAML values for the Z2JH chart, checked against the chart's schema first."""
+    out = z2jh_values(load_values(source))
+    problems = chart_schema_errors(out)
+    if problems:  # a bug here, not in the user's values: say so plainly
+        raise PaiError(
+            f"generated Z2JH values do not match chart {CHART_VERSION}: {'; '.join(problems)}"
+        )
+    return yaml.safe_dump(out, sort_keys=False)
