@@ -1,6 +1,6 @@
 """The hub end to end: a real JupyterHub + configurable-http-proxy with pai-lab's config.
 
-One hub (module scope, one GPU "0") serves most tests: login with the default
+One hub (the session's ``pai_hub``, one GPU "0") serves most tests: login with the default
 authenticator, sign-up with admin approval, CPU and GPU servers with their environment
 and limits, GPU exclusivity, a server that dies at start-up, and the control plane
 service. The idle culler and the no-GPU machine get their own small hubs.
@@ -20,31 +20,17 @@ from tests.support.hub import (
     control_plane_available,
     proc_environ,
     read_events,
-    start_hub,
     xsrf_from,
 )
 
 pytestmark = pytest.mark.hub
 
-BROKEN = {
-    "slug": "broken",
-    "display_name": "Broken (test)",
-    "description": "A server that cannot start.",
-    "env": {"JUPYTERHUB_SINGLEUSER_APP": "pai_lab_no_such_module.App"},
-    "idle_timeout": 600,
-}
 PASSWORD = "correct-horse-battery"
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    profiles = [dict(p) for p in DEFAULT_PROFILES] + [BROKEN]
-    extra = f"c.Profiles.profiles = {profiles!r}\n"
-    if not control_plane_available():
-        extra += "c.PaiHub.control_plane = False\n"
-    h = start_hub(tmp_path_factory.mktemp("hub"), extra=extra, gpus="0")
-    yield h
-    h.stop()
+def hub(pai_hub):
+    return pai_hub
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +86,19 @@ def test_profile_form_lists_profiles_with_idle_times(hub, alice):
     assert "Idle servers are stopped automatically" in page.text  # announcement
 
 
-def test_spawn_cpu_small_from_form_and_reach_it_through_the_proxy(hub, alice):
-    s, token = alice
+@pytest.fixture(scope="module")
+def alice_server(hub, alice):
+    """Alice picks 'CPU small' on the spawn page and presses Start (stopped at the end)."""
+    s, _ = alice
     r = hub.spawn_from_form(s, "cpu-small", allow_redirects=False)
     assert r.status_code == 302, r.text[:500]
     hub.wait_ready("alice")
+    yield hub.server_pid("alice")
+    hub.stop_server("alice")
+
+
+def test_spawn_cpu_small_from_form_and_reach_it_through_the_proxy(hub, alice, alice_server):
+    s, token = alice
     status = requests.get(
         f"{hub.url}/user/alice/api/status", headers={"Authorization": f"token {token}"}
     )
@@ -114,12 +108,14 @@ def test_spawn_cpu_small_from_form_and_reach_it_through_the_proxy(hub, alice):
     lab = s.get(f"{hub.url}/user/alice/lab")
     assert lab.status_code == 200 and "JupyterLab" in lab.text
 
-    pid = hub.server_pid("alice")
+    pid = alice_server
     env = proc_environ(pid)
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # CPU profile sees no GPU
     assert env["PAI_LAB_PROFILE"] == "cpu-small"
     assert env["PAI_LAB_IDLE_TIMEOUT"] == "3600"
+    assert "stops itself after 60 min" in env["PAI_LAB_IDLE_MESSAGE"]
     assert env["MEM_LIMIT"] == str(2 * 1024**3)
+    assert env["OMP_NUM_THREADS"] == "1"
     assert env["HOME"] == str(hub.data_dir / "users" / "alice")
     assert os.readlink(f"/proc/{pid}/cwd") == env["HOME"]
     limits = open(f"/proc/{pid}/limits").read()
@@ -128,11 +124,9 @@ def test_spawn_cpu_small_from_form_and_reach_it_through_the_proxy(hub, alice):
     cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
     assert b"--ServerApp.shutdown_no_activity_timeout=3600" in cmd
     assert b"--MappingKernelManager.cull_idle_timeout=3600" in cmd
-    hub.stop_server("alice")
 
 
-def test_gpu_profile_gets_the_only_gpu_and_a_second_is_refused(hub, alice):
-    _, alice_token = alice
+def test_gpu_profile_gets_the_only_gpu_and_a_second_is_refused(hub):
     bob = hub.signup_and_approve("bob", PASSWORD)
     r = hub.api("POST", "/users/bob/server", json={"profile": "gpu"})
     assert r.status_code in (201, 202), r.text
@@ -142,37 +136,36 @@ def test_gpu_profile_gets_the_only_gpu_and_a_second_is_refused(hub, alice):
     pool = json.loads((hub.data_dir / "gpus.json").read_text())
     assert pool["owners"] == {"server:bob": [0]}
 
-    # Alice asks for a GPU through the form: the form comes back with the reason.
-    s, _ = alice
-    r = hub.spawn_from_form(s, "gpu")
+    # Someone else asks for a GPU through the form: the form comes back with the reason.
+    admin = hub.login("admin", hub.admin_password())
+    r = hub.spawn_from_form(admin, "gpu")
     assert r.status_code == 409
     assert "waiting for a free GPU (0 of 1 free)" in r.text
     assert "Pick a CPU profile" in r.text
     # ... and through the API (what the CLI does): a JSON 409 with the same sentence.
-    r = hub.api("POST", "/users/alice/server", token=alice_token, json={"profile": "gpu"})
+    r = hub.api("POST", "/users/admin/server", json={"profile": "gpu"})
     assert r.status_code == 409, r.text
     assert "waiting for a free GPU" in r.json()["message"]
-    assert hub.server_model("alice") is None
+    assert hub.server_model("admin") is None
 
     hub.stop_server("bob")
     pool = json.loads((hub.data_dir / "gpus.json").read_text())
     assert pool["owners"] == {}
-    del bob
+    assert bob.get(f"{hub.url}/hub/home").status_code == 200
 
 
-def test_unknown_profile_is_a_clear_400(hub, alice):
-    _, token = alice
-    r = hub.api("POST", "/users/alice/server", token=token, json={"profile": "tpu"})
+def test_unknown_profile_is_a_clear_400(hub):
+    r = hub.api("POST", "/users/admin/server", json={"profile": "tpu"})
     assert r.status_code == 400
     assert "unknown profile 'tpu'" in r.json()["message"]
 
 
-def test_server_dying_at_start_shows_the_reason(hub, alice):
-    s, token = alice
+def test_server_dying_at_start_shows_the_reason(hub):
+    s, token = hub.login("admin", hub.admin_password()), hub.admin_token()
     r = hub.spawn_from_form(s, "broken", allow_redirects=False)
     if r.status_code == 302:  # slower than 1 s: the progress stream tells the story
         with requests.get(
-            f"{hub.url}/hub/api/users/alice/server/progress",
+            f"{hub.url}/hub/api/users/admin/server/progress",
             headers={"Authorization": f"token {token}"},
             stream=True,
         ) as events:
@@ -187,41 +180,43 @@ def test_server_dying_at_start_shows_the_reason(hub, alice):
     assert "exited during start-up (exit code" in message
     assert "pai_lab_no_such_module" in message  # the log tail names the cause
     assert "InvalidStateError" not in hub.log()
-    assert hub.server_model("alice") is None
+    assert hub.server_model("admin") is None
 
 
 @pytest.mark.skipif(not control_plane_available(), reason="control plane not in the tree yet")
-def test_control_plane_knows_the_hub_user_by_token_server_token_and_cookie(hub, alice):
+def test_control_plane_knows_the_hub_user_by_token_server_token_and_cookie(
+    hub, alice, alice_server
+):
     s, token = alice
-    me = requests.get(
-        f"{hub.url}/services/pai/api/v1/me", headers={"Authorization": f"token {token}"}
-    )
+    me_url = f"{hub.url}/services/pai/api/v1/me"
+    me = requests.get(me_url, headers={"Authorization": f"token {token}"})
     assert me.status_code == 200, me.text
     assert me.json()["name"] == "alice"
     assert me.json()["admin"] is False
-    # No credentials: 401, not a page or a traceback.
-    anon = requests.get(f"{hub.url}/services/pai/api/v1/me")
-    assert anon.status_code in (401, 403)
-    # The browser: OAuth round trip through the hub, then the cookie alone.
-    r = s.get(f"{hub.url}/services/pai/api/v1/me")
+    assert {"name": "default", "role": "developer"} in me.json()["workspaces"]
+    # No credentials, or a made-up token: 401 as JSON, not a page or a traceback.
+    for headers in ({}, {"Authorization": "token not-a-token"}):
+        anon = requests.get(me_url, headers=headers)
+        assert anon.status_code == 401, anon.text
+        assert anon.json()["error"]["code"]
+    # The browser: one OAuth round trip through the hub, then the service cookie alone.
+    r = s.get(f"{hub.url}/services/pai/login", params={"next": "/services/pai/api/v1/me"})
     assert r.status_code == 200, (r.status_code, r.url, r.text[:300])
     assert r.json()["name"] == "alice"
-    # The user's server token (what the lab extension and jobs use).
-    hub.api("POST", "/users/alice/server", token=token, json={"profile": "cpu-small"})
-    hub.wait_ready("alice")
-    env = proc_environ(hub.server_pid("alice"))
+    assert s.get(me_url).json()["name"] == "alice"
+    # A cookie-only write without the XSRF header is not accepted (cross-site forms).
+    r = s.post(f"{hub.url}/services/pai/api/v1/workspaces", json={"name": "sneaky"})
+    assert r.status_code == 401, r.text
+    # The user's server token (what the lab extension and jobs started from it use).
+    env = proc_environ(alice_server)
     me = requests.get(
         f"{env['PAI_LAB_URL']}/api/v1/me",
         headers={"Authorization": f"token {env['PAI_LAB_TOKEN']}"},
     )
     assert me.status_code == 200, me.text
     assert me.json()["name"] == "alice"
-    hub.stop_server("alice")
-    # The admin is an admin there too.
-    me = requests.get(
-        f"{hub.url}/services/pai/api/v1/me",
-        headers={"Authorization": f"token {hub.admin_token()}"},
-    )
+    # Hub admins are admins there too.
+    me = requests.get(me_url, headers={"Authorization": f"token {hub.admin_token()}"})
     assert me.json()["admin"] is True
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
+import secrets
 import time
 from pathlib import Path
 from urllib.parse import quote, urlparse
@@ -36,7 +38,41 @@ from .identity import Identity, IdentityProvider
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
-class HubLoginHandler(HubOAuthenticated, RequestHandler):
+COOKIE_SECRET_FILE = "hub-service-cookie-secret"
+
+
+def load_cookie_secret(data_dir: str | None) -> bytes:
+    """The key that signs the service's OAuth cookie, kept (0600) so cookies survive restarts."""
+    if not data_dir:
+        return secrets.token_bytes(32)
+    path = Path(data_dir) / COOKIE_SECRET_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        pass
+    secret = secrets.token_bytes(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret.hex() + "\n")
+    return secret
+
+
+class _CookieSecretMixin:
+    """Signed cookies need ``cookie_secret`` in the tornado settings; the control plane's
+    application is built elsewhere, so the provider supplies it on first use."""
+
+    def prepare(self):
+        provider = self.settings["pai_control"].identity_provider
+        provider.ensure_cookie_secret(self)
+        return super().prepare()
+
+
+class HubCallbackHandler(_CookieSecretMixin, HubOAuthCallbackHandler):
+    """``<prefix>/oauth_callback``: finish the OAuth round trip and set the service cookie."""
+
+
+class HubLoginHandler(_CookieSecretMixin, HubOAuthenticated, RequestHandler):
     """``GET <prefix>/login?next=<path>``: log a browser in through the hub, then go on."""
 
     async def get(self) -> None:
@@ -67,6 +103,10 @@ class HubIdentityProvider(IdentityProvider):
         self.hub_auth = HubOAuth.instance(cache_max_age=self.cache_seconds)
         self._admin_token_hash = self._read_admin_token_hash()
         self._models: dict[str, tuple[float, dict]] = {}
+        self._cookie_secret = load_cookie_secret(getattr(self.parent, "data_dir", None))
+
+    def ensure_cookie_secret(self, handler: RequestHandler) -> None:
+        handler.application.settings.setdefault("cookie_secret", self._cookie_secret)
 
     def _read_admin_token_hash(self) -> str | None:
         data_dir = getattr(self.parent, "data_dir", None)
@@ -80,6 +120,7 @@ class HubIdentityProvider(IdentityProvider):
 
     # -- IdentityProvider API ---------------------------------------------------------
     async def identify(self, handler: RequestHandler) -> Identity | None:
+        self.ensure_cookie_secret(handler)
         token = bearer_token(handler)
         if token and self.db is not None:
             own = await self._own_token(token)
@@ -118,7 +159,7 @@ class HubIdentityProvider(IdentityProvider):
 
     def extra_handlers(self, base_url: str) -> list:
         return [
-            (url_path_join(base_url, "oauth_callback"), HubOAuthCallbackHandler),
+            (url_path_join(base_url, "oauth_callback"), HubCallbackHandler),
             (url_path_join(base_url, "login"), HubLoginHandler),
         ]
 

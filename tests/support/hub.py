@@ -19,9 +19,11 @@ import html
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -313,19 +315,53 @@ def control_plane_available() -> bool:
     ).exists()
 
 
+BROKEN_PROFILE = {
+    "slug": "broken",
+    "display_name": "Broken (test)",
+    "description": "A server that cannot start.",
+    "env": {"JUPYTERHUB_SINGLEUSER_APP": "pai_lab_no_such_module.App"},
+    "idle_timeout": 600,
+}
+
+
+def _own_tmp(prefix: str) -> Path:
+    # Not pytest's tmp_path: pytest prunes old numbered base dirs, and other pytest runs on
+    # the same machine could delete a running hub's data dir.
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+@pytest.fixture(scope="session")
+def pai_hub() -> Iterator[Hub]:
+    """One shared hub for the session: default profiles plus a 'broken' one, one GPU "0",
+    the control plane when it is in the tree. Tests leave no server running."""
+    from pai_lab.hub.profiles import DEFAULT_PROFILES
+
+    profiles = [dict(p) for p in DEFAULT_PROFILES] + [BROKEN_PROFILE]
+    extra = f"c.Profiles.profiles = {profiles!r}\n"
+    if not control_plane_available():
+        extra += "c.PaiHub.control_plane = False\n"
+    root = _own_tmp("pai-hub-")
+    h = start_hub(root, extra=extra, gpus="0")
+    yield h
+    h.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def hub_factory(tmp_path) -> Iterator:
+def hub_factory() -> Iterator:
     """Start extra hubs in a test; all are stopped and reaped at teardown."""
     hubs: list[Hub] = []
+    root = _own_tmp("pai-hubs-")
 
     def make(name: str = "hub", **kw) -> Hub:
-        h = start_hub(tmp_path / name, **kw)
+        h = start_hub(root / name, **kw)
         hubs.append(h)
         return h
 
     yield make
     for h in hubs:
         h.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def read_events(resp: requests.Response) -> Iterator[dict]:
