@@ -552,3 +552,96 @@ async def test_gpu_metrics_recorded_from_nvidia_smi(
         assert env["gpu_devices"] == [{"index": "0", "name": "Fake GPU", "memory_total_mib": 16384}]
     finally:
         await b.shutdown()
+
+
+_BACKEND_PROCESS = """
+import asyncio, json, sys
+from pai_lab.jobs.base import JobRun
+from pai_lab.jobs.local import LocalJobBackend
+from pai_lab.storage import ArtifactStore
+
+async def main():
+    data = sys.argv[1]
+    async def report(*a, **k):
+        pass
+    b = LocalJobBackend(store=ArtifactStore(data_dir=data), report=report, data_dir=data,
+                        warm_pool_size=2)
+    ref = await b.start(JobRun(**json.loads(sys.argv[2])))
+    print(json.dumps(ref), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def _warm_runners(data_dir) -> list[int]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--warm" in cmd and str(data_dir).encode() in b" ".join(cmd) and _alive(int(pid)):
+                out.append(int(pid))
+    return out
+
+
+async def test_sigkilled_control_plane_keeps_jobs_and_leaks_no_warm_kernel(data_dir, store):
+    """SIGKILL the process that owns the backend: the job (taken from the warm pool)
+    finishes by itself; the idle warm runner and its kernel go away."""
+    nb = make_notebook("import time\nprint('before', flush=True)", "time.sleep(3)\nprint('after')")
+    spec, files = parse_job_spec({"source": {"notebook": "n.ipynb", "content": nb}})
+    for rel, data in files.items():
+        store.workspace("default").write_bytes_sync(f"jobs/orphan/{rel}", data)
+    run = {
+        "id": "orphan",
+        "workspace": "default",
+        "owner": "alice",
+        "attempt": 1,
+        "spec": spec.to_dict(),
+        "profile": {},
+    }
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    cp = subprocess.Popen(
+        [sys.executable, "-c", _BACKEND_PROCESS, str(data_dir), json.dumps(run)],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    ref = json.loads(await asyncio.get_running_loop().run_in_executor(None, cp.stdout.readline))
+    assert ref["warm"] is True
+    run_dir = Path(ref["run_dir"])
+    for _ in range(WAIT * 10):
+        if (
+            b"before" in (run_dir / "logs.txt").read_bytes()
+            if (run_dir / "logs.txt").exists()
+            else False
+        ):
+            break
+        await asyncio.sleep(0.1)
+    idle = [p for p in _warm_runners(data_dir) if p != ref["pid"]]
+    assert len(idle) == 1
+    cp.kill()
+    cp.wait()
+    for _ in range(WAIT * 10):
+        if not _alive(idle[0]) and (run_dir / "result.json").exists():
+            break
+        await asyncio.sleep(0.1)
+    assert not _alive(idle[0])
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["state"] == "succeeded"
+    assert "after" in read_store(store, "orphan", "logs.txt").decode()
+    for _ in range(WAIT * 10):
+        if not _kernels_under(data_dir):
+            break
+        await asyncio.sleep(0.1)
+    assert not _kernels_under(data_dir)
+    # a new control plane re-attaches and reports the outcome
+    rec = Recorder()
+    b = LocalJobBackend(store=store, report=rec, data_dir=str(data_dir), warm_pool_size=0)
+    try:
+        await b.reattach(JobRun(**run, backend_ref=ref))
+        assert await b.wait(JobRun(**run, backend_ref=ref), WAIT)
+        assert rec.last("orphan") == "succeeded"
+    finally:
+        await b.shutdown()

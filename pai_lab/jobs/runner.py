@@ -961,20 +961,24 @@ def run_warm(kernel_name: str, cwd: str) -> int:
     import pai_lab.tracking  # noqa: F401
 
     os.makedirs(cwd, exist_ok=True)
-    worker = KernelWorker(kernel_name, cwd)
-    worker.ready.wait(90)
-    if worker.start_error is not None:
-        print(f"error {worker.start_error}", flush=True)
-        return 1
+    worker: KernelWorker | None = KernelWorker(kernel_name, cwd)
     try:
+        worker.ready.wait(90)
+        status = "ready" if worker.start_error is None else f"cold {worker.start_error}"
+        if worker.start_error is not None:
+            # still take the job: it runs cold and reports why its kernel won't start
+            worker.stop(0)
+            worker = None
         with contextlib.suppress(OSError):  # the backend may have stopped listening
-            print(f"ready {worker.kernel_pid}", flush=True)
+            print(status, flush=True)
         line = sys.stdin.readline()
     except BaseException:
-        worker.kill()
+        if worker is not None:
+            worker.kill()
         raise
     if not line.startswith("run "):
-        worker.stop(2)
+        if worker is not None:
+            worker.stop(2)
         return 0
     run_dir = line[4:].strip()
     # From here on this process belongs to the job: detach from the backend's pipes
@@ -987,7 +991,9 @@ def run_warm(kernel_name: str, cwd: str) -> int:
     runner = Runner(run_dir, warm=worker)
     holder.append(runner)
     runner.run()
-    getattr(runner, "worker", worker).kill()
+    used = getattr(runner, "worker", worker)
+    if used is not None:
+        used.kill()
     return 0
 
 
