@@ -260,7 +260,8 @@ def control_plane(tmp_path_factory):
     log = open(data / "control.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pai_lab.control", "--ip", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(data / "d"), "--token", token],
+         "--data-dir", str(data / "d"), "--token", token,
+         "--LocalJobBackend.warm_pool_size=0"],  # no jobs here: no warm runners
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
