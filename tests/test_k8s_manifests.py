@@ -167,7 +167,11 @@ def test_control_plane_config_is_python_that_configures_the_backends(monkeypatch
         "client_kwargs": {"endpoint_url": "http://minio.minio:9000"}
     }
     assert c.KubernetesJobBackend.namespace == "pai-jobs"
-    assert c.KubernetesJobBackend.control_url.endswith(":8090/services/pai")
+    assert (
+        c.PaiControl.public_url
+        == "http://pai-lab-control.pai-lab.svc.cluster.local:8090/services/pai/"
+    )
+    assert c.PaiControl.base_url == "/services/pai/" and c.PaiControl.ip == "0.0.0.0"
     gpu = next(p for p in c.Profiles.profiles if p["gpu"])
     assert gpu["image"] == values["images"]["singleuserGpu"]
     # and the traits it sets exist on our backends

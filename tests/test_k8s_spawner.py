@@ -146,3 +146,19 @@ def test_profile_list_has_exactly_one_default_and_custom_gpu_placement():
     b = entries[1]["kubespawner_override"]
     assert b["extra_resource_limits"] == {"amd.com/gpu": "2"}
     assert b["node_selector"] == {"pool": "gpu"}
+
+
+def test_called_by_hub_configure_without_a_url(monkeypatch):
+    """``pai_lab.hub.configure(c)`` calls ``configure_kubernetes(c, profiles)``."""
+    monkeypatch.delenv("PAI_LAB_CONTROL_URL", raising=False)
+    c = Config()
+    configure_kubernetes(c, Profiles())
+    assert c.KubeSpawner.profile_list and "PAI_LAB_URL" not in c.KubeSpawner.environment
+    assert "services" not in c.JupyterHub
+    monkeypatch.setenv("PAI_LAB_CONTROL_URL", CONTROL)
+    c = Config()
+    configure_kubernetes(c, Profiles())
+    assert c.JupyterHub.services[0]["url"] == CONTROL
+    assert c.KubeSpawner.environment["PAI_LAB_URL"] == CONTROL + "/services/pai"
+    # no store access for user pods: pai:// goes through the control plane
+    assert not any(k.startswith("PAI_STORE") for k in c.KubeSpawner.environment)

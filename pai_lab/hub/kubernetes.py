@@ -9,6 +9,7 @@ tolerations, so "GPU" means the same node pool for a notebook and for a job.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -102,7 +103,7 @@ def configure_kubernetes(
     c: Any,
     profiles: Profiles | Iterable[Profile | dict],
     *,
-    control_url: str,
+    control_url: str | None = None,
     service_name: str = "pai",
     api_token: str | None = None,
     storage_capacity: str = "10Gi",
@@ -120,10 +121,20 @@ def configure_kubernetes(
     Sets ``profile_list`` (GPU limits, node selectors, tolerations, image per profile), a
     per-user PVC mounted as the home directory, the control plane's URL in every user
     pod, and registers the control plane (its own Deployment) as an external hub service
-    at ``/services/<service_name>/``. ``store_secret`` is accepted for symmetry with the
-    job backend but not mounted: notebook users reach the store through the control
+    at ``/services/<service_name>/``. ``store_url``/``store_secret`` are accepted for symmetry
+    with the job backend but not used: notebook users reach the store through the control
     plane (``pai://``), never with the platform's credentials.
+
+    ``control_url`` defaults to ``$PAI_LAB_CONTROL_URL``, else the URL of an already
+    configured hub service named ``service_name`` (e.g. Z2JH's ``hub.services``); with
+    none, no service is registered and user pods get no ``PAI_LAB_URL``.
     """
+    services = list(c.JupyterHub.services) if "services" in c.JupyterHub else []
+    if not control_url:
+        control_url = os.environ.get("PAI_LAB_CONTROL_URL") or next(
+            (s.get("url") for s in services if s.get("name") == service_name and s.get("url")),
+            None,
+        )
     c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
     ks = c.KubeSpawner
     ks.profile_list = profile_list(
@@ -147,17 +158,17 @@ def configure_kubernetes(
     ks.uid = 1000
     ks.fs_gid = 100
     ks.extra_labels = {"app.kubernetes.io/part-of": "pai-lab"}
-    env = {
-        "PAI_LAB_URL": control_url.rstrip("/") + f"/services/{service_name}",
-        "PAI_LAB_SERVICE": service_name,
-    }
-    if store_url:
-        env["PAI_STORE_URL"] = store_url
+    # pai:// in notebooks goes through the control plane (REST mode, the user's own role),
+    # never straight to the bucket: no store URL or credentials in user pods.
+    env = {"PAI_LAB_SERVICE": service_name}
+    if control_url:
+        env["PAI_LAB_URL"] = control_url.rstrip("/") + f"/services/{service_name}"
     existing = dict(ks.environment) if "environment" in ks else {}
     ks.environment = {**existing, **env}
-    _ = store_secret
+    _ = (store_url, store_secret)
 
-    services = list(c.JupyterHub.services) if "services" in c.JupyterHub else []
+    if not control_url:
+        return
     entry: dict[str, Any] = {
         "name": service_name,
         "url": control_url,

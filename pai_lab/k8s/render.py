@@ -17,6 +17,7 @@ from .values import effective_profiles, load_values
 
 CONFIG_FILE = "pai_control_config.py"
 CONFIG_DIR = "/etc/pai-lab"
+DATA_DIR = "/srv/pai-lab"  # an emptyDir: state lives in PostgreSQL and the object store
 
 
 def prefix(values: dict) -> str:
@@ -33,6 +34,11 @@ def control_url(values: dict) -> str:
         f"http://{control_name(values)}.{values['namespace']}.svc.cluster.local:"
         f"{values['controlPlane']['port']}"
     )
+
+
+def service_prefix(values: dict) -> str:
+    """``/services/<name>/``: where the hub's proxy routes to the control plane."""
+    return f"/services/{values['hub']['serviceName']}/"
 
 
 def job_namespaces(values: dict) -> list[str]:
@@ -66,8 +72,17 @@ def control_plane_config(values: dict) -> str:
         "import os",
         "",
         'c.PaiControl.job_backend = "kubernetes"',
-        'c.PaiControl.deployment_backend = "kubernetes"',
+        'c.DeploymentService.backend_name = "kubernetes"',
         'c.PaiControl.db_url = os.environ["PAI_LAB_DB_URL"]',
+        # listen on the pod IP; the hub's proxy and the NetworkPolicies guard access
+        'c.PaiControl.ip = "0.0.0.0"',
+        f"c.PaiControl.port = {lit(values['controlPlane']['port'])}",
+        f"c.PaiControl.base_url = {lit(service_prefix(values))}",
+        # what job pods use as PAI_LAB_URL: the in-cluster Service, not the public URL
+        f"c.PaiControl.public_url = {lit(control_url(values) + service_prefix(values))}",
+        f"c.PaiControl.data_dir = {lit(DATA_DIR)}",
+        'c.PaiControl.identity_provider_class = "pai_lab.control.hub_identity.HubIdentityProvider"',
+        "c.PaiControl.print_token = False",
         f"c.ArtifactStore.url = {lit(values['storage']['url'])}",
         f"c.ArtifactStore.storage_options = {lit(store_options(values))}",
         f"c.Profiles.profiles = {lit(effective_profiles(values))}",
@@ -83,8 +98,6 @@ def control_plane_config(values: dict) -> str:
         f"c.KubernetesJobBackend.ttl_seconds_after_finished = {lit(values['jobs']['ttlSecondsAfterFinished'])}",
         f"c.KubernetesJobBackend.deadline_grace = {lit(values['jobs']['deadlineGraceSeconds'])}",
         f"c.KubernetesJobBackend.propagation_policy = {lit(values['jobs']['propagationPolicy'])}",
-        # the control plane serves under the hub service prefix, also when reached directly
-        f"c.KubernetesJobBackend.control_url = {lit(control_url(values) + '/services/' + values['hub']['serviceName'])}",
         f"c.KubernetesServingBackend.mode = {lit(values['serving']['backend'])}",
         f"c.KubernetesServingBackend.namespace = {lit(values['serving']['namespace'])}",
         f"c.KubernetesServingBackend.image = {lit(values['images']['modelServer'])}",
@@ -137,7 +150,10 @@ def control_plane_container(values: dict) -> dict:
             "periodSeconds": 20,
             "failureThreshold": 6,
         },
-        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "data", "mountPath": DATA_DIR},
+        ],
         "securityContext": o.restricted_security_context(),
     }
 
@@ -186,7 +202,10 @@ def render_objects(values: dict) -> list[dict]:
             control_plane_container(values),
             replicas=values["controlPlane"]["replicas"],
             service_account=name,
-            volumes=[{"name": "config", "configMap": {"name": config["metadata"]["name"]}}],
+            volumes=[
+                {"name": "config", "configMap": {"name": config["metadata"]["name"]}},
+                {"name": "data", "emptyDir": {}},
+            ],
             image_pull_secrets=values["images"]["pullSecrets"],
             # one owner of the job queue at a time: never two replicas during a rollout
             strategy="Recreate",
