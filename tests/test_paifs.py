@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import fsspec
@@ -248,45 +247,15 @@ def test_entry_point_is_declared():
 
 @pytest.fixture(scope="module")
 def control_plane(tmp_path_factory):
-    """``python -m pai_lab.control`` on a free port with a fixed admin token."""
-    import requests
-
+    """The real control plane (tests/support/control.py), without warm job runners:
+    these tests run no jobs."""
     from tests.support.common import free_port
+    from tests.support.control import ControlPlane
 
-    data = tmp_path_factory.mktemp("control")
-    port, token = free_port(), "paifs-test-token"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAI_")}
-    env["PYTHONPATH"] = str(ROOT)
-    log = open(data / "control.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pai_lab.control", "--ip", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(data / "d"), "--token", token,
-         "--LocalJobBackend.warm_pool_size=0"],  # no jobs here: no warm runners
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                pytest.fail(f"control plane exited: {(data / 'control.log').read_text()}")
-            try:
-                r = requests.get(url + "api/v1/me", headers={"Authorization": f"Bearer {token}"})
-                if r.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail("control plane did not answer")
-        yield {"url": url, "token": token}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    d = tmp_path_factory.mktemp("control")
+    cp = ControlPlane(d, free_port(), ["--LocalJobBackend.warm_pool_size=0"]).start()
+    yield cp
+    cp.stop()
 
 
 @pytest.fixture
@@ -295,8 +264,8 @@ def rest_env(control_plane, monkeypatch) -> dict:
 
     for k in ("PAI_STORE_URL", "PAI_STORE_OPTIONS", "PAI_LAB_WORKSPACE"):
         monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("PAI_LAB_URL", control_plane["url"])
-    monkeypatch.setenv("PAI_LAB_TOKEN", control_plane["token"])
+    monkeypatch.setenv("PAI_LAB_URL", control_plane.url)
+    monkeypatch.setenv("PAI_LAB_TOKEN", control_plane.token)
     monkeypatch.setenv("PAI_WORKSPACE", "default")
     monkeypatch.setattr(paifs_mod, "_default_fs", None)
     client = PaiClient(workspace="default")
