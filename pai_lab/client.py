@@ -19,6 +19,7 @@ import requests
 
 from .errors import BackendUnavailable, BadRequest, PaiError, Unauthorized, error_for_status
 from .jobs.spec import TERMINAL_STATES
+from .registry_client import RegistryClientMixin
 
 DEFAULT_URL = "http://127.0.0.1:8585/"
 
@@ -27,7 +28,7 @@ def _quote_path(path: str) -> str:
     return quote(path.lstrip("/"), safe="/")
 
 
-class PaiClient:
+class PaiClient(RegistryClientMixin):
     """Synchronous client; one ``requests.Session`` per instance."""
 
     def __init__(
