@@ -7,6 +7,7 @@ import datetime as dt
 import os
 
 import pytest
+from traitlets import TraitError
 from traitlets.config import Config
 
 from pai_lab.errors import (
@@ -554,7 +555,11 @@ def test_default_url_and_config(tmp_path):
     c.ArtifactStore.url = str(tmp_path / "elsewhere")
     s2 = ArtifactStore(config=c)
     assert s2.resolved_url == f"file://{tmp_path}/elsewhere"
-    for trait in ("url", "storage_options", "data_dir", "max_workers"):
+    with pytest.raises(TraitError, match="unknown storage protocol 'nosuch'"):
+        ArtifactStore(url="nosuch://x")
+    with pytest.raises(TraitError, match="name a bucket"):
+        ArtifactStore(url="s3://")
+    for trait in ("url", "storage_options", "data_dir", "max_workers", "upload_part_size"):
         assert s.traits()[trait].help
 
 

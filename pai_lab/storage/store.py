@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import fsspec
-from traitlets import Dict, Int, Unicode, default
+from traitlets import Dict, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from ..errors import (
@@ -125,6 +125,20 @@ class ArtifactStore(LoggingConfigurable):
         at least 5 MiB). Larger parts mean fewer requests but more memory per upload.""",
     ).tag(config=True)
 
+    @validate("url")
+    def _check_url(self, proposal: Any) -> str:
+        url = proposal["value"].strip()
+        if "://" in url:
+            proto = url.split("://", 1)[0].lower()
+            if proto not in fsspec.available_protocols():
+                raise TraitError(
+                    f"ArtifactStore.url {url!r}: unknown storage protocol {proto!r} "
+                    "(use file://..., s3://bucket/prefix, or another fsspec protocol)"
+                )
+            if proto in ("s3", "s3a") and not url.split("://", 1)[1].strip("/"):
+                raise TraitError(f"ArtifactStore.url {url!r}: name a bucket (s3://bucket/prefix)")
+        return url
+
     @default("data_dir")
     def _default_data_dir(self) -> str:
         return os.path.abspath(os.path.expanduser("~/.pai-lab"))
@@ -184,7 +198,14 @@ class ArtifactStore(LoggingConfigurable):
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
         if self._fs is None:
-            self._fs = fsspec.filesystem(self.protocol, **self._fs_options())
+            try:
+                self._fs = fsspec.filesystem(self.protocol, **self._fs_options())
+            except ImportError as e:
+                extra = " (pip install 'pai-lab[s3]')" if self.protocol in ("s3", "s3a") else ""
+                raise BackendUnavailable(
+                    f"the artifact store needs support for {self.protocol}:// that is not "
+                    f"installed{extra}: {e}"
+                ) from None
         return self._fs
 
     @property
