@@ -696,8 +696,18 @@ def cmd_logs(args: argparse.Namespace) -> Any:
 
 
 def cmd_cancel(args: argparse.Namespace) -> Any:
-    job = _ensure(lambda: STATE.client.cancel_job(args.job_id, workspace=args.workspace))
-    print(f"job {job['id']}: {job['state']}")
+    client = STATE.client
+    job = _ensure(lambda: client.cancel_job(args.job_id, workspace=args.workspace))
+    # Cancelling is asynchronous (the process gets SIGTERM, then SIGKILL): report the
+    # outcome when it comes quickly, else say it is under way.
+    deadline = time.monotonic() + args.timeout
+    while job["state"] not in TERMINAL_STATES and time.monotonic() < deadline:
+        time.sleep(0.25)
+        job = _ensure(lambda: client.get_job(args.job_id, workspace=args.workspace))
+    if job["state"] in TERMINAL_STATES:
+        print(f"job {job['id']}: {job['state']}")
+    else:
+        print(f"job {job['id']}: cancel requested, still {job['state']}")
     return None
 
 
@@ -860,6 +870,12 @@ def build_parser() -> _Parser:
 
     p = add("cancel", cmd_cancel, "Cancel a job.")
     p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=15.0,
+        help="seconds to wait for the job to stop (default 15)",
+    )
 
     p = add("ls", cmd_ls, "List a folder of the workspace's artifact store.")
     p.add_argument(
