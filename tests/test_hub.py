@@ -17,6 +17,7 @@ import requests
 
 from pai_lab.hub.profiles import DEFAULT_PROFILES
 from tests.support.hub import (
+    BROKEN_PROFILE,
     control_plane_available,
     proc_environ,
     read_events,
@@ -160,29 +161,6 @@ def test_unknown_profile_is_a_clear_400(hub):
     assert "unknown profile 'tpu'" in r.json()["message"]
 
 
-def test_server_dying_at_start_shows_the_reason(hub):
-    s, token = hub.login("admin", hub.admin_password()), hub.admin_token()
-    r = hub.spawn_from_form(s, "broken", allow_redirects=False)
-    if r.status_code == 302:  # slower than 1 s: the progress stream tells the story
-        with requests.get(
-            f"{hub.url}/hub/api/users/admin/server/progress",
-            headers={"Authorization": f"token {token}"},
-            stream=True,
-        ) as events:
-            last = None
-            for last in read_events(events):
-                if last.get("failed") or last.get("ready"):
-                    break
-        assert last and last.get("failed"), last
-        message = last["message"]
-    else:
-        message = r.text
-    assert "exited during start-up (exit code" in message
-    assert "pai_lab_no_such_module" in message  # the log tail names the cause
-    assert "InvalidStateError" not in hub.log()
-    assert hub.server_model("admin") is None
-
-
 @pytest.mark.skipif(not control_plane_available(), reason="control plane not in the tree yet")
 def test_control_plane_knows_the_hub_user_by_token_server_token_and_cookie(
     hub, alice, alice_server
@@ -220,17 +198,47 @@ def test_control_plane_knows_the_hub_user_by_token_server_token_and_cookie(
     assert me.json()["admin"] is True
 
 
-def test_idle_culler_stops_an_idle_server_and_no_gpu_machine_refuses(hub_factory):
+def test_culler_no_gpu_machine_and_a_server_dying_at_start(hub_factory):
+    """A second hub, started with `pai-lab up`: a short culler timeout, no GPUs, and a
+    profile that cannot start."""
+    profiles = [dict(p) for p in DEFAULT_PROFILES] + [BROKEN_PROFILE]
     h = hub_factory(
         "culler",
         extra="c.PaiHub.idle_cull_timeout = 3\nc.PaiHub.idle_cull_every = 1\n"
-        "c.PaiHub.control_plane = False\n",
+        f"c.Profiles.profiles = {profiles!r}\nc.PaiHub.control_plane = False\n",
         gpus="",
+        via_up=True,
     )
+    out = h.log()
+    assert f"pai-lab: starting JupyterHub at {h.url}/" in out
+    assert "log in as 'admin'; on this first start the password is printed below" in out
     r = h.api("POST", "/users/admin/server", json={"profile": "gpu"})
     assert r.status_code == 409
     assert "this machine has no GPUs" in r.json()["message"]
 
+    # A server that dies at start-up: the user is told why, not given a 500.
+    s, token = h.login("admin", h.admin_password()), h.admin_token()
+    r = h.spawn_from_form(s, "broken", allow_redirects=False)
+    if r.status_code == 302:  # slower than 1 s: the progress stream tells the story
+        with requests.get(
+            f"{h.url}/hub/api/users/admin/server/progress",
+            headers={"Authorization": f"token {token}"},
+            stream=True,
+        ) as events:
+            last = None
+            for last in read_events(events):
+                if last.get("failed") or last.get("ready"):
+                    break
+        assert last and last.get("failed"), last
+        message = last["message"]
+    else:
+        message = r.text
+    assert "exited during start-up (exit code" in message
+    assert "pai_lab_no_such_module" in message  # the log tail names the cause
+    assert "InvalidStateError" not in h.log()
+    assert h.server_model("admin") is None
+
+    # The idle culler stops a server nobody uses.
     r = h.api("POST", "/users/admin/server", json={"profile": "cpu-small"})
     assert r.status_code in (201, 202), r.text
     h.wait_ready("admin")

@@ -95,6 +95,7 @@ def configure(c: Any, mode: str | None = None) -> PaiHub:
                 f"(configure_kubernetes), which is not available: {e}"
             ) from e
         configure_kubernetes(c, profiles)
+        _configure_control_roles(c)
     else:
         # The proxy's API on a free loopback port: two hubs on one machine never collide.
         _setdefault(c.ConfigurableHTTPProxy, "api_url", f"http://127.0.0.1:{_free_port()}")
@@ -102,6 +103,7 @@ def configure(c: Any, mode: str | None = None) -> PaiHub:
         _setdefault(c.LocalProfileSpawner, "data_dir", str(data))
         if control_url:
             _setdefault(c.LocalProfileSpawner, "control_url", control_url)
+        _configure_control_roles(c)
     return settings
 
 
@@ -172,7 +174,10 @@ def _configure_services(c: Any, settings: PaiHub, data: Path, profiles: list) ->
         )
 
     control_url = ""
-    if settings.control_plane and CONTROL_SERVICE not in names:
+    # Kubernetes: the control plane is its own Deployment, registered as an external
+    # service by configure_kubernetes(); locally the hub starts and stops it.
+    managed = settings.mode == "local"
+    if settings.control_plane and managed and CONTROL_SERVICE not in names:
         port = settings.control_port or _free_port()
         url = f"http://127.0.0.1:{port}"
         command = [
@@ -204,23 +209,32 @@ def _configure_services(c: Any, settings: PaiHub, data: Path, profiles: list) ->
             }
         )
         control_url = f"{url}/services/{CONTROL_SERVICE}"
-    if settings.control_plane:
-        if "pai-control-plane" not in role_names:
-            roles.append(
-                {
-                    "name": "pai-control-plane",
-                    "description": "Read hub users and groups (identity for the control plane)",
-                    "scopes": CONTROL_SCOPES,
-                    "services": [CONTROL_SERVICE],
-                }
-            )
-        # Browsers, CLI tokens and single-user servers may call the control plane.
-        for name, scopes in (("user", USER_SCOPES), ("server", SERVER_SCOPES)):
-            existing = next((r for r in roles if r.get("name") == name), None)
-            if existing is None:
-                roles.append({"name": name, "scopes": list(scopes)})
-            else:
-                existing["scopes"] = sorted(set(existing.get("scopes", [])) | set(scopes))
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
     return control_url
+
+
+def _configure_control_roles(c: Any) -> None:
+    """Roles for the control plane, once a service named 'pai' exists (managed locally,
+    external on Kubernetes): what it may read, and who may call it."""
+    services = list(c.JupyterHub.services) if "services" in c.JupyterHub else []
+    if not any(s.get("name") == CONTROL_SERVICE for s in services):
+        return
+    roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+    if not any(r.get("name") == "pai-control-plane" for r in roles):
+        roles.append(
+            {
+                "name": "pai-control-plane",
+                "description": "Read hub users and groups (identity for the control plane)",
+                "scopes": CONTROL_SCOPES,
+                "services": [CONTROL_SERVICE],
+            }
+        )
+    # Browsers, CLI tokens and single-user servers may call the control plane.
+    for name, scopes in (("user", USER_SCOPES), ("server", SERVER_SCOPES)):
+        existing = next((r for r in roles if r.get("name") == name), None)
+        if existing is None:
+            roles.append({"name": name, "scopes": list(scopes)})
+        else:
+            existing["scopes"] = sorted(set(existing.get("scopes", [])) | set(scopes))
+    c.JupyterHub.load_roles = roles

@@ -245,9 +245,17 @@ class Hub:
 
 
 def start_hub(
-    tmp_dir: Path, extra: str = "", env: dict[str, str] | None = None, gpus: str | None = ""
+    tmp_dir: Path,
+    extra: str = "",
+    env: dict[str, str] | None = None,
+    gpus: str | None = "",
+    via_up: bool = False,
 ) -> Hub:
-    """Start a hub with pai-lab's config (+ ``extra`` config text) and wait until it answers."""
+    """Start a hub with pai-lab's config (+ ``extra`` config text) and wait until it answers.
+
+    ``via_up=True`` starts it the way people do, with ``pai-lab up`` (``python -m
+    pai_lab.hub.up --ip --port --data-dir --config``), which then becomes JupyterHub.
+    """
     tmp_dir.mkdir(parents=True, exist_ok=True)
     data_dir = tmp_dir / "data"
     port, hub_port = free_port(), free_port()
@@ -275,16 +283,17 @@ def start_hub(
     full_env.update(env or {})
     log_path = tmp_dir / "hub.log"
     logf = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyterhub",
-            "-f",
-            str(HUB_CONFIG),
+    if via_up:
+        cmd = [sys.executable, "-m", "pai_lab.hub.up", "--ip", "127.0.0.1", "--port", str(port)]
+        cmd += ["--data-dir", str(data_dir), "--config", str(extra_path)]
+    else:
+        cmd = [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)]
+        cmd += [
             f"--JupyterHub.bind_url=http://127.0.0.1:{port}",
             f"--JupyterHub.hub_bind_url=http://127.0.0.1:{hub_port}",
-        ],
+        ]
+    proc = subprocess.Popen(
+        cmd,
         cwd=str(tmp_dir),
         env=full_env,
         stdout=logf,
@@ -332,12 +341,9 @@ def _own_tmp(prefix: str) -> Path:
 
 @pytest.fixture(scope="session")
 def pai_hub() -> Iterator[Hub]:
-    """One shared hub for the session: default profiles plus a 'broken' one, one GPU "0",
-    the control plane when it is in the tree. Tests leave no server running."""
-    from pai_lab.hub.profiles import DEFAULT_PROFILES
-
-    profiles = [dict(p) for p in DEFAULT_PROFILES] + [BROKEN_PROFILE]
-    extra = f"c.Profiles.profiles = {profiles!r}\n"
+    """One shared hub for the session: the default profiles, one GPU "0", the control
+    plane when it is in the tree. Tests leave no server running."""
+    extra = ""
     if not control_plane_available():
         extra += "c.PaiHub.control_plane = False\n"
     root = _own_tmp("pai-hub-")
