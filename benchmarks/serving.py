@@ -132,9 +132,8 @@ def run_loadgen(
     return {
         "requests": n,
         "errors": errors[0],
-        "rps": n / elapsed if elapsed else 0.0,
-        "p50_ms": lat[n // 2] * 1000 if n else float("nan"),
-        "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1000 if n else float("nan"),
+        "elapsed": elapsed,
+        "latencies_ms": [round(v * 1000, 3) for v in lat],
     }
 
 
@@ -369,9 +368,57 @@ def in_process(model_path: Path, rows: int, duration: float) -> dict:
 # --------------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process and all its descendants (MLServer forks workers)."""
+    parents: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo.extend(c for c, pp in parents.items() if pp == p and c not in tree)
+    total = 0
+    for p in tree:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def summarize(parts: list[dict]) -> dict:
+    lat = sorted(v for p in parts for v in p["latencies_ms"])
+    n = len(lat)
+    elapsed = sum(p["elapsed"] for p in parts)
+    cpu = sum(p.get("cpu", 0.0) for p in parts)
+    return {
+        "requests": n,
+        "errors": sum(p["errors"] for p in parts),
+        "rps": n / elapsed if elapsed else 0.0,
+        "p50_ms": lat[n // 2] if n else float("nan"),
+        "p99_ms": lat[min(n - 1, int(n * 0.99))] if n else float("nan"),
+        "server_cpu_us_per_req": cpu / n * 1e6 if n else float("nan"),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
+    ap.add_argument("--duration", type=float, default=6.0, help="seconds per cell and server")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="each cell is measured in this many interleaved slices per server, so "
+        "a burst of background load hits every server alike",
+    )
     ap.add_argument("--mlserver", help="path to the mlserver executable")
     ap.add_argument(
         "--servers",
@@ -420,6 +467,7 @@ def main() -> int:
             file=sys.stderr,
         )
         servers.remove("mlserver")
+    print(f"load average at start: {os.getloadavg()}; cores: {os.cpu_count()}", flush=True)
 
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="pai-bench-") as tmp:
@@ -428,39 +476,59 @@ def main() -> int:
         model_path = work / "model.joblib"
         joblib.dump(LogisticRegression(max_iter=1000).fit(x, y), model_path)
         for rows in rows_list:
-            results[("in-process", rows, 1)] = in_process(model_path, rows, min(args.duration, 2))
+            r = in_process(model_path, rows, min(args.duration, 2))
+            r["server_cpu_us_per_req"] = 1e6 / r["rps"]
+            results[("in-process", rows, 1)] = r
         log = open(work / "servers.log", "ab")
-        for kind in servers:
-            proc, port, path = start_server(kind, model_path, work, mlserver, log)
-            try:
-                for rows in rows_list:
-                    body = payload(rows)
-                    for c in concs:
-                        r = loadgen_subprocess(port, path, body, {}, c, args.duration)
-                        results[(kind, rows, c)] = r
+        running = {}
+        try:
+            for kind in servers:
+                running[kind] = start_server(kind, model_path, work, mlserver, log)
+            slice_s = args.duration / args.rounds
+            for rows in rows_list:
+                body = payload(rows)
+                for c in concs:
+                    parts: dict = {k: [] for k in servers}
+                    for _ in range(args.rounds):
+                        for kind in servers:
+                            proc, port, path = running[kind]
+                            cpu0 = cpu_seconds(proc.pid)
+                            part = loadgen_subprocess(port, path, body, {}, c, slice_s)
+                            # the loadgen warms up 0.5 s and drains 0.2 s outside its window
+                            part["cpu"] = (cpu_seconds(proc.pid) - cpu0) * (
+                                part["elapsed"] / (part["elapsed"] + 0.7)
+                            )
+                            parts[kind].append(part)
+                    for kind in servers:
+                        r = results[(kind, rows, c)] = summarize(parts[kind])
                         print(
                             f"{kind:16s} rows={rows:<4d} c={c:<3d} {r['rps']:9.1f} req/s  "
                             f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+                            f"cpu {r['server_cpu_us_per_req']:7.0f} us/req  "
                             f"errors {r['errors']}",
                             flush=True,
                         )
-            finally:
+        finally:
+            for proc, _, _ in running.values():
                 stop_server(proc)
-        log.close()
+            log.close()
         if any(r["errors"] for r in results.values()):
             print((work / "servers.log").read_text()[-3000:], file=sys.stderr)
 
-    print("\n| server | rows | conc | req/s | p50 ms | p99 ms |")
-    print("|---|---|---|---|---|---|")
+    print("\n| server | rows | conc | req/s | p50 ms | p99 ms | server CPU us/req |")
+    print("|---|---|---|---|---|---|---|")
     for (kind, rows, c), r in results.items():
-        print(f"| {kind} | {rows} | {c} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+        print(
+            f"| {kind} | {rows} | {c} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['server_cpu_us_per_req']:.0f} |"
+        )
 
     def ratio(a, b, key="rps"):
         if a in results and b in results and results[b][key]:
             return results[a][key] / results[b][key]
         return None
 
-    print("\nratios (targets from the serving issue):")
+    print(f"\nratios (targets from the serving issue); load average now {os.getloadavg()}:")
     for rows in rows_list:
         lines = [
             (
@@ -474,6 +542,10 @@ def main() -> int:
             (
                 f"rows={rows} c=1 pai-lab / minimal req/s (target >= 0.9)",
                 ratio(("pai-lab", rows, 1), ("minimal", rows, 1)),
+            ),
+            (
+                f"rows={rows} c=1 minimal / pai-lab server CPU per request (>= 0.9 is 'within 10%')",
+                ratio(("minimal", rows, 1), ("pai-lab", rows, 1), "server_cpu_us_per_req"),
             ),
             (
                 f"rows={rows} c=16 pai-lab / pai-lab-nobatch req/s (target >= 2)",

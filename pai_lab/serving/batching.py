@@ -15,7 +15,7 @@ Where ``predict`` runs: on one executor thread per model, so a slow model never 
 event loop — except when the model has proven fast. Handing a call to a thread and back
 costs two thread wake-ups (measured 100-300 us on 2 busy cores) plus GIL convoying
 against the loop thread, which is more than a sub-millisecond sklearn ``predict`` costs
-itself. So the batcher keeps a moving average of the model's call time and runs calls
+itself. So the batcher keeps a moving average of the CPU time of its calls and runs calls
 inline while that average is under ``inline_max_ms`` (default 1 ms; 0 = always use the
 thread). The loop is then busy for less time than the handoff would have taken, and a
 model that turns slow (big batches, a heavy torch net) moves back to the thread.
@@ -76,7 +76,9 @@ class AdaptiveBatcher:
         self._outstanding = 0  # submitted, not yet answered
         self._recent_concurrency = 1
         self.inline_max = max(0.0, float(inline_max_ms)) / 1000.0
-        self._avg_call = None  # moving average of predict seconds; None until measured
+        self._avg_call = None  # moving average of predict CPU seconds; None until measured
+        self._busy = False  # the consumer is working on a batch
+        self.active = 0  # HTTP requests for this model being received or answered
 
     def start(self) -> None:
         if self._task is None:
@@ -95,10 +97,26 @@ class AdaptiveBatcher:
     async def submit(self, req: InferRequest, outputs: list[str]) -> dict:
         if self._task is None:
             self.start()
+        avg = self._avg_call
+        if (
+            not self._busy
+            and self._outstanding == 0
+            and self.active <= 1
+            and self._recent_concurrency <= 1
+            and avg is not None
+            and avg < self.inline_max
+        ):
+            # fast path for a lone request to a fast model: no queue, no extra loop turns
+            result, took = self._timed_predict([a for _, a in req.inputs], outputs, req.parameters)
+            self._avg_call = 0.8 * avg + 0.2 * took
+            if self.on_batch is not None:
+                self.on_batch(req.rows)
+            return result
         fut = asyncio.get_running_loop().create_future()
         self._outstanding += 1
-        if self._outstanding > self._recent_concurrency:
-            self._recent_concurrency = self._outstanding
+        seen = max(self._outstanding, self.active)
+        if seen > self._recent_concurrency:
+            self._recent_concurrency = seen
         self._queue.put_nowait(_Item(req, outputs, fut))
         try:
             return await fut
@@ -131,9 +149,20 @@ class AdaptiveBatcher:
                     batch.append(item)
                     rows = self._drain(batch, rows + item.rows)
             # decay the concurrency estimate towards what we just saw
-            self._recent_concurrency = max(self._outstanding, len(batch), 1)
-            for group in self._groups(batch):
-                await self._run_group(loop, group)
+            self._recent_concurrency = max(self._outstanding, len(batch), self.active, 1)
+            self._busy = True
+            try:
+                for group in self._groups(batch):
+                    await self._run_group(loop, group)
+            finally:
+                self._busy = False
+
+    def _timed_predict(self, inputs: list, outputs: list, params: dict) -> tuple[dict, float]:
+        # CPU time of this thread, not wall time: on a busy machine wall time includes
+        # waiting for a core, which says nothing about how long the model holds the loop
+        t0 = time.thread_time()
+        result = self.predict(inputs, outputs, params)
+        return result, time.thread_time() - t0
 
     def _drain(self, batch: list[_Item], rows: int) -> int:
         q = self._queue
@@ -168,14 +197,12 @@ class AdaptiveBatcher:
         first = live[0]
         try:
             avg = self._avg_call
-            t0 = time.perf_counter()
             if avg is not None and avg < self.inline_max:
-                result = self.predict(inputs, first.outputs, first.params)
+                result, took = self._timed_predict(inputs, first.outputs, first.params)
             else:
-                result = await loop.run_in_executor(
-                    self._executor, self.predict, inputs, first.outputs, first.params
+                result, took = await loop.run_in_executor(
+                    self._executor, self._timed_predict, inputs, first.outputs, first.params
                 )
-            took = time.perf_counter() - t0
             self._avg_call = took if avg is None else 0.8 * avg + 0.2 * took
         except Exception as e:  # the error belongs to every request in the group
             for it in live:

@@ -216,11 +216,35 @@ class InferHandler(BaseHandler):
             return
         limit = self.server.max_body_bytes
         self.request.connection.set_max_body_size(max(limit * 2, limit + 65536))
+        self._count_active(*self.path_args)
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
             self.send_json_error(
                 400, f"request body of {int(length)} bytes exceeds the limit of {limit} bytes"
             )
+
+    _counted: AdaptiveBatcher | None = None
+
+    def _count_active(self, name: str, version: str | None) -> None:
+        # the batcher needs to know how many requests are arriving, not only queued:
+        # that is what tells a lone request (run it now) from a burst (batch it)
+        versions = self.server.models_loaded.get(name)
+        if versions:
+            m = versions.get(version or self.server.default_versions[name])
+            if m is not None:
+                self._counted = m.batcher
+                m.batcher.active += 1
+
+    def _uncount(self) -> None:
+        if self._counted is not None:
+            self._counted.active -= 1
+            self._counted = None
+
+    def on_finish(self) -> None:
+        self._uncount()
+
+    def on_connection_close(self) -> None:
+        self._uncount()
 
     def data_received(self, chunk: bytes) -> None:
         if self._too_big:
