@@ -298,6 +298,10 @@ class _AtomicWriter:
         with self.ws._errors(self.rel):
             self._f.write(chunk)
 
+    def write_many(self, chunks: list) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
     def commit(self) -> None:
         with self.ws._errors(self.rel):
             f, self._f = self._f, None
@@ -728,18 +732,22 @@ class WorkspaceStore:
         w = _AtomicWriter(self, rel, max_bytes)
         try:
             await self._store.run(w.open)
-            buf = bytearray()
+            pending: list = []  # chunks handed to a thread together, without copying
+            pending_len = 0
             async for chunk in chunks:
                 if not isinstance(chunk, (bytes, bytearray, memoryview)):
                     raise BadRequest(f"data for '{rel}' must be bytes, not {type(chunk).__name__}")
-                buf += chunk
-                if max_bytes is not None and w.written + len(buf) > max_bytes:
+                if not isinstance(chunk, bytes):
+                    chunk = bytes(chunk)  # the producer may reuse a mutable buffer
+                pending.append(chunk)
+                pending_len += len(chunk)
+                if max_bytes is not None and w.written + pending_len > max_bytes:
                     raise PayloadTooLarge(f"'{rel}' is larger than the limit of {max_bytes} bytes")
-                if len(buf) >= _COPY_CHUNK:
-                    data, buf = bytes(buf), bytearray()
-                    await self._store.run(w.write, data)
-            if buf:
-                await self._store.run(w.write, bytes(buf))
+                if pending_len >= _COPY_CHUNK:
+                    batch, pending, pending_len = pending, [], 0
+                    await self._store.run(w.write_many, batch)
+            if pending:
+                await self._store.run(w.write_many, pending)
             await self._store.run(w.commit)
         except BaseException:
             # Shielded: even if this task is being cancelled, the cleanup still runs.
