@@ -159,6 +159,15 @@ async def test_write_stream(ws):
     assert size == 6
     assert await ws.read_bytes("s/out.bin") == b"abcdef"
 
+    async def reusing_one_buffer():
+        buf = bytearray(4)
+        for b in (b"1111", b"2222", b"3333"):
+            buf[:] = b
+            yield buf
+
+    await ws.write_stream("s/reused.bin", reusing_one_buffer())
+    assert await ws.read_bytes("s/reused.bin") == b"111122223333"
+
 
 # -- atomic writes --------------------------------------------------------------------
 
