@@ -42,6 +42,10 @@ def kubeconfig(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("KUBECONFIG", str(path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    # kubernetes_asyncio reads $KUBECONFIG once, at import (maybe by an earlier test)
+    from kubernetes_asyncio.config import kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
     return path
 
 
