@@ -62,6 +62,7 @@ FATAL_WAITING = {
     "CreateContainerConfigError": "bad container configuration",
     "CreateContainerError": "cannot create the container",
 }
+FINAL = ("succeeded", "failed", "cancelled", "timed_out", "lost")
 _SECRET_OPTION = re.compile(r"(key|secret|token|password|credential)", re.I)
 
 
@@ -678,12 +679,10 @@ class KubernetesJobBackend(JobBackend):
         self._locks.pop(key, None)
 
     async def _report(self, run: JobRun, state: str, **fields: Any) -> None:
+        """Report a state once per change; nothing after a final state."""
         rk = (run.id, run.attempt)
-        if self._reported.get(rk) == state and not fields:
-            return
-        if self._reported.get(rk) in ("succeeded", "failed", "cancelled", "timed_out", "lost"):
-            return
-        if self._reported.get(rk) == state and set(fields) <= {"environment"}:
+        prev = self._reported.get(rk)
+        if prev in FINAL or (prev == state and not set(fields) - {"environment"}):
             return
         self._reported[rk] = state
         await self.report(run.id, run.attempt, state=state, **fields)
