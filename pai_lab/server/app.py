@@ -178,7 +178,8 @@ class PaiLabExtension(ExtensionApp):
             self.upstream_url = f"http://127.0.0.1:{self._port}/"
             self.upstream_token = secrets.token_urlsafe(32)
         elif url:
-            self.mode = REMOTE
+            # Under JupyterHub the spawner sets PAI_LAB_URL to the pai service's address.
+            self.mode = HUB if hub_token else REMOTE
             self.upstream_url = url
             self.upstream_token = self.control_token or env.get("PAI_LAB_TOKEN") or hub_token
             self._ready.set()
