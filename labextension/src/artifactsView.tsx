@@ -55,7 +55,7 @@ export function ArtifactsView(props: { ctx: IPaiContext }) {
   const { model } = ctx;
   const { api, trans } = model;
   const workspace = model.workspace;
-  const [path, setPath] = React.useState('');
+  const [path, setPath] = React.useState(() => model.takeTarget('artifacts') ?? '');
   const [entries, setEntries] = React.useState<IFileEntry[] | null>(null);
   const [error, setError] = React.useState('');
   const [uploads, setUploads] = React.useState<IUpload[]>([]);
@@ -89,9 +89,9 @@ export function ArtifactsView(props: { ctx: IPaiContext }) {
   React.useEffect(() => {
     void load(path);
   }, [load, path]);
-  React.useEffect(() => setPath(''), [workspace]);
-  useSignal(model.navigate, ({ section, target }) => {
-    if (section === 'artifacts' && target !== undefined) {
+  useSignal(model.navigate, ({ section }) => {
+    const target = section === 'artifacts' ? model.takeTarget('artifacts') : undefined;
+    if (target !== undefined) {
       setPath(target);
     }
   });

@@ -40,7 +40,7 @@ export function ErrorBox(props: { message: string; onRetry?: () => void; retryLa
     <div className="pai-Error" role="alert">
       <span>{props.message}</span>
       {props.onRetry && (
-        <button className="jp-Button jp-mod-styled jp-mod-reject pai-SmallButton" onClick={props.onRetry}>
+        <button className="pai-SmallButton" onClick={props.onRetry}>
           {props.retryLabel ?? 'Retry'}
         </button>
       )}
@@ -95,11 +95,11 @@ export function TextButton(props: {
   icon?: LabIcon;
   title?: string;
 }) {
-  const kind = props.warn ? 'jp-mod-warn' : props.accept ? 'jp-mod-accept' : 'jp-mod-reject';
+  const kind = props.warn ? 'pai-mod-warn' : props.accept ? 'pai-mod-accept' : '';
   return (
     <button
       type="button"
-      className={`jp-Button jp-mod-styled ${kind} pai-SmallButton`}
+      className={`pai-SmallButton ${kind}`}
       onClick={props.onClick}
       disabled={props.disabled}
       title={props.title ?? props.label}

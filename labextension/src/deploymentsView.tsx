@@ -20,7 +20,9 @@ export function DeploymentsView(props: { ctx: IPaiContext }) {
   const workspace = model.workspace;
   const [items, setItems] = React.useState<IDeployment[] | null>(null);
   const [error, setError] = React.useState('');
-  const [selected, setSelected] = React.useState<string | null>(null);
+  const [selected, setSelected] = React.useState<string | null>(
+    () => model.takeTarget('deployments') ?? null
+  );
 
   const load = React.useCallback(async () => {
     if (!workspace) {
@@ -35,13 +37,10 @@ export function DeploymentsView(props: { ctx: IPaiContext }) {
     }
   }, [api, workspace]);
 
-  React.useEffect(() => {
-    setItems(null);
-    setSelected(null);
-  }, [workspace]);
   usePolling(() => void load(), model.settings.refreshInterval * 2, !!workspace, [load]);
-  useSignal(model.navigate, ({ section, target }) => {
-    if (section === 'deployments' && target) {
+  useSignal(model.navigate, ({ section }) => {
+    const target = section === 'deployments' ? model.takeTarget('deployments') : undefined;
+    if (target) {
       setSelected(target);
       void load();
     }

@@ -55,7 +55,9 @@ export function JobsView(props: { ctx: IPaiContext }) {
   const [loaded, setLoaded] = React.useState(false);
   const [mine, setMine] = React.useState(true);
   const [state, setState] = React.useState('');
-  const [selected, setSelected] = React.useState<string | null>(null);
+  const [selected, setSelected] = React.useState<string | null>(
+    () => model.takeTarget('jobs') ?? null
+  );
   const [now, setNow] = React.useState(Date.now());
   const generation = React.useRef(0);
   const owner = mine ? model.me?.name ?? '' : '';
@@ -93,18 +95,19 @@ export function JobsView(props: { ctx: IPaiContext }) {
   );
 
   React.useEffect(() => {
+    // A new filter: forget the old list (in-flight answers for it are dropped too).
     generation.current++;
     setJobs([]);
     setLoaded(false);
-    setSelected(null);
-  }, [workspace, owner, state]);
+  }, [owner, state]);
 
   usePolling(() => void load(true), model.settings.refreshInterval, !!workspace && !selected, [
     load
   ]);
   useSignal(model.jobsTouched, () => void load(true));
-  useSignal(model.navigate, ({ section, target }) => {
-    if (section === 'jobs' && target) {
+  useSignal(model.navigate, ({ section }) => {
+    const target = section === 'jobs' ? model.takeTarget('jobs') : undefined;
+    if (target) {
       setSelected(target);
     }
   });
@@ -387,7 +390,8 @@ export function JobDetail(props: { ctx: IPaiContext; workspace: string; id: stri
             <TextButton icon={runIcon} label={trans.__('Re-run')} onClick={() => void rerun()} disabled={busy || !job.spec?.source?.notebook} />
             <TextButton
               icon={notebookIcon}
-              label={trans.__('Open output notebook')}
+              label={trans.__('Output notebook')}
+              title={trans.__('Open the executed notebook in JupyterLab')}
               disabled={!isTerminal(job.state) || !job.spec?.source?.notebook}
               onClick={() => void openArtifact(ctx, workspace, `jobs/${id}/output.ipynb`)}
             />

@@ -127,9 +127,24 @@ export class PaiModel {
     return this._profiles;
   }
 
+  /**
+   * Show a section, optionally at a target (a job id, a folder, a model name). The
+   * target is also kept until the section's view takes it, because a view that is not
+   * mounted yet cannot hear the `navigate` signal.
+   */
   show(section: Section, target?: string): void {
+    if (target !== undefined) {
+      this._targets[section] = target;
+    }
     this.section = section;
     this._navigate.emit({ section, target });
+  }
+
+  /** The pending target of a section, once (see `show`). */
+  takeTarget(section: Section): string | undefined {
+    const target = this._targets[section];
+    delete this._targets[section];
+    return target;
   }
 
   touchJobs(id: string): void {
@@ -143,6 +158,7 @@ export class PaiModel {
   private _error = '';
   private _loading = false;
   private _profiles: Promise<IProfile[]> | null = null;
+  private _targets: Partial<Record<Section, string>> = {};
   private _changed = new Signal<this, void>(this);
   private _navigate = new Signal<this, { section: Section; target?: string }>(this);
   private _jobsTouched = new Signal<this, string>(this);

@@ -79,7 +79,9 @@ export function ModelsView(props: { ctx: IPaiContext }) {
   const workspace = model.workspace;
   const [models, setModels] = React.useState<IModel[] | null>(null);
   const [error, setError] = React.useState('');
-  const [selected, setSelected] = React.useState<string | null>(null);
+  const [selected, setSelected] = React.useState<string | null>(
+    () => model.takeTarget('models') ?? null
+  );
 
   const load = React.useCallback(async () => {
     if (!workspace) {
@@ -94,15 +96,12 @@ export function ModelsView(props: { ctx: IPaiContext }) {
     }
   }, [api, workspace]);
 
-  React.useEffect(() => {
-    setModels(null);
-    setSelected(null);
-  }, [workspace]);
   usePolling(() => void load(), model.settings.refreshInterval * 3, !!workspace && !selected, [load]);
   React.useEffect(() => {
-    const slot = (_: unknown, nav: { section: string; target?: string }) => {
-      if (nav.section === 'models' && nav.target) {
-        setSelected(nav.target);
+    const slot = (_: unknown, nav: { section: string }) => {
+      const target = nav.section === 'models' ? model.takeTarget('models') : undefined;
+      if (target) {
+        setSelected(target);
       }
     };
     model.navigate.connect(slot);

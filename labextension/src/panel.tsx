@@ -72,13 +72,13 @@ function PaiApp(props: { ctx: IPaiContext }) {
     }
     switch (model.section) {
       case 'jobs':
-        return <JobsView ctx={props.ctx} />;
+        return <JobsView key={model.workspace} ctx={props.ctx} />;
       case 'artifacts':
-        return <ArtifactsView ctx={props.ctx} />;
+        return <ArtifactsView key={model.workspace} ctx={props.ctx} />;
       case 'models':
-        return <ModelsView ctx={props.ctx} />;
+        return <ModelsView key={model.workspace} ctx={props.ctx} />;
       case 'deployments':
-        return <DeploymentsView ctx={props.ctx} />;
+        return <DeploymentsView key={model.workspace} ctx={props.ctx} />;
     }
   };
 

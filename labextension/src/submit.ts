@@ -14,7 +14,11 @@ import { buildSubmitRequest, submitDefaults } from './submitRequest';
 import { IJob, IProfile } from './types';
 
 function profileLabel(profile: IProfile): string {
-  return profile.display_name || profile.slug;
+  const label = profile.display_name || profile.slug;
+  if (profile.available === false) {
+    return `${label} (${profile.unavailable_reason || 'unavailable'})`;
+  }
+  return label;
 }
 
 /**
@@ -49,7 +53,8 @@ export async function submitNotebook(
   } catch (error) {
     profileError = errorMessage(error);
   }
-  const defaultProfile = profiles.find(p => p.default)?.slug ?? profiles[0]?.slug ?? '';
+  const usable = profiles.filter(p => p.available !== false);
+  const defaultProfile = usable.find(p => p.default)?.slug ?? usable[0]?.slug ?? profiles[0]?.slug ?? '';
   const fields: IFormField[] = [
     { name: 'name', label: trans.__('Job name'), value: defaults.name },
     {

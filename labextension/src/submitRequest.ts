@@ -51,8 +51,8 @@ export function buildSubmitRequest(
   if (!Number.isInteger(retries) || retries < 0 || retries > 10) {
     throw new Error(`Retries must be a whole number from 0 to 10, got "${values.retries}".`);
   }
-  const dir = PathExt.dirname(context.path);
-  const files = parseOutputs(values.files ?? '').map(file => (dir ? `${dir}/${file}` : file));
+  // Relative to the notebook's folder: the server extension resolves them there.
+  const files = parseOutputs(values.files ?? '');
   const request: INotebookJobRequest = {
     path: context.path,
     content: context.content,

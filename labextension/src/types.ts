@@ -80,6 +80,8 @@ export interface IProfile {
   description?: string;
   gpu?: number;
   default?: boolean;
+  available?: boolean;
+  unavailable_reason?: string | null;
   [key: string]: unknown;
 }
 

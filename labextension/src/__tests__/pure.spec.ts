@@ -464,7 +464,7 @@ describe('submit request', () => {
       retries: 1,
       max_runtime: 1800,
       outputs: ['model.joblib'],
-      files: ['work/data.csv']
+      files: ['data.csv']
     });
   });
 
