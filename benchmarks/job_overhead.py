@@ -48,7 +48,9 @@ def env() -> dict:
 
 def timed(cmd: list[str], cwd: Path) -> float:
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, env=env(), check=True, capture_output=True)
+    # own session, like a job runner: with sched_autogroup each session is its own CPU
+    # scheduling group, so on a busy machine this keeps the comparison fair
+    subprocess.run(cmd, cwd=cwd, env=env(), check=True, capture_output=True, start_new_session=True)
     return time.perf_counter() - t
 
 
