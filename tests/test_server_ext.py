@@ -603,3 +603,23 @@ def test_under_the_hub_a_users_server_submits_with_its_hub_token_and_others_cann
         requests.post(user_url + f"pai/api/v1/{jurl}/cancel", headers=ah, timeout=60)
     finally:
         hub.stop_server("alice")
+
+
+def test_standalone_job_running_at_shutdown_is_picked_up_by_the_next_start(jupyter_server_factory):
+    """What docs/notebooks.md promises for standalone mode: a job still running when the
+    server stops is reattached (state, logs) when the same server starts again."""
+    s = jupyter_server_factory("again")
+    write_notebook(
+        s.root_dir / "slow.ipynb",
+        ["import time\nprint('go', flush=True)\ntime.sleep(6)\nprint('done', flush=True)"],
+    )
+    r = s.request("POST", "pai/api/notebook-jobs", json={"path": "slow.ipynb"})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    wait_state(s, job_id, ("running",))
+    assert s.stop() == 0
+    s2 = jupyter_server_factory("again")  # same folder: same data dir, new port and token
+    job = wait_state(s2, job_id, ("succeeded", "failed", "lost", "cancelled", "timed_out"))
+    assert job["state"] == "succeeded", job
+    logs = s2.get(f"{WS}/jobs/{job_id}/logs").text
+    assert "go" in logs and "done" in logs
