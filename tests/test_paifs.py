@@ -325,3 +325,28 @@ def test_rest_write_delete_and_confinement(rest_env):
     PaiFileSystem(workspace="team-b").pipe("pai://only-b.txt", b"b")
     assert client.read_file("only-b.txt", workspace="team-b") == b"b"
     assert not fs.exists("pai://only-b.txt")
+
+
+def test_rest_inside_a_real_job(rest_env, control_plane, tmp_path):
+    """A script job reads and writes ``pai://`` with only what the job runner gives it
+    (job token, control plane URL, workspace). Submitted by a developer member: the job
+    token acts as its owner inside the job's workspace."""
+    from pai_lab.client import PaiClient
+
+    admin = rest_env["client"]
+    admin.set_member("alice", "developer")
+    client = PaiClient(control_plane.url, token=admin.create_user_token("alice"))
+    script = tmp_path / "use_pai.py"
+    script.write_text(
+        "import pai_lab.storage.paifs  # registered by entry point once installed\n"
+        "import pandas as pd\n"
+        "df = pd.read_csv('pai://datasets/iris.csv')\n"
+        "df.tail(1).to_csv('pai://outputs/from-job.csv', index=False)\n"
+        "print('rows', len(df))\n"
+    )
+    job = client.submit_file(script, name="paifs-in-job")
+    job = client.wait_job(job["id"])
+    logs = "".join(client.iter_logs(job["id"]))
+    assert job["state"] == "succeeded", (job, logs)
+    assert "rows 3" in logs
+    assert client.read_file("outputs/from-job.csv") == b"sepal_length,species\n6.3,virginica\n"
