@@ -147,6 +147,11 @@ def test_control_plane_deployment_reads_secrets_by_reference_only():
         and not c["securityContext"]["allowPrivilegeEscalation"]
     )
     assert dep["spec"]["strategy"] == {"type": "Recreate"}  # never two queue owners
+    # Z2JH's hub NetworkPolicy lets it call the hub API (token and OAuth checks)
+    assert (
+        dep["spec"]["template"]["metadata"]["labels"]["hub.jupyter.org/network-access-hub"]
+        == "true"
+    )
     text = yaml.safe_dump_all(objs)
     assert "password" not in text.lower() and "AWS_SECRET_ACCESS_KEY:" not in text
 

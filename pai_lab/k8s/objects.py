@@ -16,6 +16,8 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 Z2JH_HUB = {"app": "jupyterhub", "component": "hub"}
 Z2JH_PROXY = {"app": "jupyterhub", "component": "proxy"}
 Z2JH_SINGLEUSER = {"app": "jupyterhub", "component": "singleuser-server"}
+# Z2JH's hub NetworkPolicy admits pods carrying this label (the control plane calls the hub API).
+Z2JH_HUB_ACCESS = {"hub.jupyter.org/network-access-hub": "true"}
 
 
 def labels(component: str, name: str = PART_OF, **extra: str) -> dict[str, str]:
@@ -169,6 +171,7 @@ def make_deployment(
     image_pull_secrets: list[str] | None = None,
     annotations: dict | None = None,
     strategy: str | None = None,
+    pod_labels: dict | None = None,
 ) -> dict:
     pod_spec: dict[str, Any] = {
         "containers": [container],
@@ -187,7 +190,7 @@ def make_deployment(
         "selector": {"matchLabels": dict(match)},
         "template": {
             "metadata": {
-                "labels": dict(lbls),
+                "labels": {**lbls, **(pod_labels or {})},
                 **({"annotations": annotations} if annotations else {}),
             },
             "spec": pod_spec,

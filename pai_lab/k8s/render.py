@@ -209,6 +209,7 @@ def render_objects(values: dict) -> list[dict]:
             image_pull_secrets=values["images"]["pullSecrets"],
             # one owner of the job queue at a time: never two replicas during a rollout
             strategy="Recreate",
+            pod_labels=o.Z2JH_HUB_ACCESS,
         )
     )
     port = values["controlPlane"]["port"]
