@@ -645,3 +645,30 @@ async def test_sigkilled_control_plane_keeps_jobs_and_leaks_no_warm_kernel(data_
         assert rec.last("orphan") == "succeeded"
     finally:
         await b.shutdown()
+
+
+@pytest.mark.s3
+async def test_job_against_s3_store(s3_store, data_dir, recorder):
+    """The runner rebuilds the S3 store from job.json (url + options) in its own process."""
+    s3 = ArtifactStore.from_dict(s3_store)
+    b = LocalJobBackend(store=s3, report=recorder, data_dir=str(data_dir), warm_pool_size=0)
+    try:
+        code = (
+            "import pathlib, helper, pai_lab\n"
+            "pathlib.Path('model.bin').write_bytes(helper.DATA)\n"
+            "pai_lab.log_metric('size', len(helper.DATA))\n"
+        )
+        body = {
+            "source": {"script": "s.py", "content": code},
+            "files": {"helper.py": "REFUQSA9IGIneHl6Jwo="},  # DATA = b'xyz'
+            "outputs": ["model.bin"],
+        }
+        run = await submit(b, s3, body)
+        assert await b.wait(run, WAIT)
+        assert recorder.last(run.id) == "succeeded", recorder.calls
+        ws = s3.workspace("default")
+        assert ws.read_bytes_sync(f"jobs/{run.id}/outputs/model.bin") == b"xyz"
+        assert json.loads(ws.read_bytes_sync(f"jobs/{run.id}/metrics.json"))[0]["value"] == 3
+        assert b"attempt succeeded" in ws.read_bytes_sync(f"jobs/{run.id}/logs.txt")
+    finally:
+        await b.shutdown()
