@@ -201,6 +201,8 @@ def test_predict_proba_by_output_name_and_by_parameter(server, iris):
          "must be FP64"),
         (b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], "data": [1,2,3,4]}],'
          b' "outputs": [{"name": "decision_function"}]}', "unknown output"),
+        (b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], "data": [1e999,2,3,4]}]}',
+         "infinity"),
         (b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], "data": [1,2,3,4]}],'
          b' "parameters": {"method": "transform"}}', "'method'"),
     ],

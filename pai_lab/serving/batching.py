@@ -16,7 +16,7 @@ event loop — except when the model has proven fast. Handing a call to a thread
 costs two thread wake-ups (measured 100-300 us on 2 busy cores) plus GIL convoying
 against the loop thread, which is more than a sub-millisecond sklearn ``predict`` costs
 itself. So the batcher keeps a moving average of the CPU time of its calls and runs calls
-inline while that average is under ``inline_max_ms`` (default 1 ms; 0 = always use the
+inline while that average is under ``inline_max_ms`` (server default 2 ms; 0 = always use the
 thread). The loop is then busy for less time than the handoff would have taken, and a
 model that turns slow (big batches, a heavy torch net) moves back to the thread.
 """
@@ -64,7 +64,7 @@ class AdaptiveBatcher:
         max_batch_size: int = 32,
         max_latency_ms: float = 2.0,
         on_batch: Callable[[int], None] | None = None,
-        inline_max_ms: float = 1.0,
+        inline_max_ms: float = 2.0,
     ):
         self.predict = predict
         self.max_batch_size = max(1, int(max_batch_size))

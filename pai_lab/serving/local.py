@@ -50,7 +50,7 @@ Status dict: ``{"workspace", "name", "url", "state", "router_pid", "variants": [
 ``POST {url}/v2/models/<model>/infer`` with ``Authorization: Bearer <token>``.
 
 Files: ``<data_dir>/deployments/<ws>/<name>/`` holds ``deployment.json``, ``admin.json``
-(the router's admin token, mode 0600), ``router.json`` (pid, port) and replica logs.
+(the router's admin token), both mode 0600 (they hold tokens), ``router.json`` (pid, port) and replica logs.
 Routers run in their own session, so they outlive the control plane.
 """
 
@@ -91,6 +91,15 @@ def _pid_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return True
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds tokens), atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 class LocalDeploymentBackend(LoggingConfigurable):
@@ -230,11 +239,10 @@ class LocalDeploymentBackend(LoggingConfigurable):
         run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(run_dir, 0o700)
         admin = run_dir / "admin.json"
-        fd = os.open(admin, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"admin_token": secrets.token_urlsafe(32)}, f)
-        (run_dir / "deployment.json").write_text(
-            json.dumps({"deployment": dep, "settings": self._settings()}, indent=1)
+        _write_private(admin, json.dumps({"admin_token": secrets.token_urlsafe(32)}))
+        _write_private(
+            run_dir / "deployment.json",
+            json.dumps({"deployment": dep, "settings": self._settings()}, indent=1),
         )
         self._spawn(run_dir)
         return await self._wait(run_dir)

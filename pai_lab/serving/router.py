@@ -397,7 +397,9 @@ class Router:
         tmp = self.run_dir / "deployment.json.tmp"
         cfg = json.loads((self.run_dir / "deployment.json").read_text())
         cfg["deployment"] = self.deployment
-        tmp.write_text(json.dumps(cfg, indent=1))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(cfg, indent=1))
         os.replace(tmp, self.run_dir / "deployment.json")
 
     # -- choosing where a request goes -------------------------------------------------

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +90,6 @@ class ModelRuntime:
         self.outputs: list[TensorSpec] = []
         self.default_outputs: list[str] = []
         self.predict_calls = 0  # how many times the model itself ran (batching shows here)
-        self._lock = threading.Lock()
 
     def output_names(self, req: InferRequest) -> list[str]:
         """Which outputs this request wants; 400 naming the unknown one otherwise."""
@@ -131,6 +129,12 @@ class SklearnRuntime(ModelRuntime):
         self.default_outputs = ["predict"]
 
     @staticmethod
+    def _fast_config() -> Any:
+        import sklearn
+
+        return sklearn.config_context(assume_finite=True, skip_parameter_validation=True)
+
+    @staticmethod
     def _load(path: Path) -> Any:
         if path.suffix == ".joblib":
             import joblib
@@ -157,16 +161,21 @@ class SklearnRuntime(ModelRuntime):
         x = inputs[0]
         if x.ndim == 1:
             x = x.reshape(1, -1) if len(self.inputs[0].shape) == 2 else x
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise InferenceError("input contains NaN or infinity", 400)
         self.predict_calls += 1
         result = {}
         try:
-            for name in outputs:
-                if name == "predict":
-                    result[name] = np.asarray(self.model.predict(x))
-                elif name == "predict_proba":
-                    result[name] = np.asarray(self.model.predict_proba(x))
-                else:
-                    raise InferenceError(f"unknown output '{name}'")
+            # finiteness was checked above and the estimator's parameters were validated
+            # when it was fitted: skip both checks on the hot path (~10% of a small predict)
+            with self._fast_config():
+                for name in outputs:
+                    if name == "predict":
+                        result[name] = np.asarray(self.model.predict(x))
+                    elif name == "predict_proba":
+                        result[name] = np.asarray(self.model.predict_proba(x))
+                    else:
+                        raise InferenceError(f"unknown output '{name}'")
         except InferenceError:
             raise
         except (ValueError, TypeError) as e:

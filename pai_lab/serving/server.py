@@ -361,7 +361,7 @@ class ModelServer(Application):
         help="Longest a request waits for others to batch with, only spent under concurrency.",
     ).tag(config=True)
     inline_predict_max_ms = Float(
-        1.0,
+        2.0,
         help="Run predict on the event loop while its moving-average time is below this "
         "(a thread handoff costs more than a sub-ms sklearn predict); 0 = always a thread.",
     ).tag(config=True)
