@@ -235,10 +235,16 @@ def test_developer_deploys_a_version_and_it_survives_a_restart(cp, as_user, vers
 
     cp.stop()  # routers keep running while the control plane is down
     assert infer(url, token).status_code == 200
+    # ... unless they die too (a reboot, say): the next start brings them back
+    _stop_routers(cp.data_dir)
+    with pytest.raises(requests.ConnectionError):
+        infer(url, token)
     cp.start()
-    dev = as_user("dev")  # the client's session is fine; rebuilt for clarity
+    dev = as_user("dev")
     d = dev.get_deployment("iris-dev")
-    assert d["state"] == "ready" and d["url"] == url
+    assert d["state"] == "ready" and d["production"] is False
+    url = d["url"]  # a restarted router listens on a new port
+    assert infer(url, token).json()["model_version"] == "2"
     d = dev.update_deployment("iris-dev", replicas=2)
     assert d["replicas"] == 2
     d = wait_ready(dev, "iris-dev")

@@ -17,14 +17,17 @@ Rules worth knowing:
   deployment (including a change that makes a deployment production) needs the
   ``operator`` role; any other deployment needs ``developer``. The handler enforces it
   with :meth:`DeploymentService.is_production` before and after the change.
-- **The token is shown once.** Only its SHA-256 is stored (``Deployment.token_hash``)
-  plus a short hint. The local backend keeps the token in its private run directory
-  (mode 0700), from which updates read it back (verified against the hash) so that a
-  traffic change never drops authentication.
+- **The token is shown once.** The database holds only its SHA-256
+  (``Deployment.token_hash``) and a short hint, so a database dump (PostgreSQL in
+  Kubernetes mode) leaks no endpoint. The plaintext stays on the control plane's own
+  disk, ``<data_dir>/deployment-tokens/<ws>/<name>`` (0600, like the admin token), and is
+  read back (checked against the hash) when a backend needs the whole deployment again:
+  a traffic change or a restart must not drop authentication.
 - **Restarts.** Routers outlive the control plane. On first use after a start the
-  service reattaches: routers the DB still wants are restarted if they died; run
-  directories the DB no longer knows are removed; DB rows whose run directory vanished
-  become ``lost``.
+  service reattaches (``handlers.registry.on_start`` does it at start when wired):
+  routers the DB still wants are restarted if they died, or recreated if their run
+  directory vanished; run directories the DB no longer knows are removed; a deployment
+  whose token is gone too becomes ``lost`` (delete and recreate it).
 
 Traffic changes: ``{"canary": {"model": "iris:4", "traffic": 10}}`` keeps the main
 variant and gives the canary 10%; ``{"canary": null}`` (or traffic 0) removes it;
@@ -39,8 +42,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import re
 import secrets
+from pathlib import Path
 from typing import Any
 
 from traitlets import Unicode
@@ -201,12 +206,16 @@ class DeploymentService(LoggingConfigurable):
         """Reattach once per process (first call does it; the others wait for it)."""
         if self._attached is None:
             self._attached = asyncio.ensure_future(self._reattach())
-        try:
-            await asyncio.shield(self._attached)
-        except Exception:
-            self.log.exception("reattaching deployments failed")
+        await asyncio.shield(self._attached)
 
     async def _reattach(self) -> None:
+        """Never raises: a broken deployment must not take the API down with it."""
+        try:
+            await self._reattach_all()
+        except Exception:
+            self.log.exception("reattaching deployments after start failed")
+
+    async def _reattach_all(self) -> None:
         if not self.is_local:
             return
         rows = await self.db.run(lambda s: list(s.scalars(select(Deployment))))
@@ -233,16 +242,34 @@ class DeploymentService(LoggingConfigurable):
                 ws, name = key.split("/", 1)
                 await self._set(ws, name, state=st.get("state") or "unknown", url=st.get("url"))
 
+    def _token_file(self, ws: str, name: str) -> Path:
+        return Path(self.control.data_dir) / "deployment-tokens" / ws / name
+
+    def _keep_token(self, ws: str, name: str, token: str) -> None:
+        """Keep the plaintext token in a 0600 file of the (0700) data dir, never the DB."""
+        path = self._token_file(ws, name)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+
     def _stored_token(self, d: Deployment) -> str | None:
-        """The plaintext token from the local backend's private run dir (hash-checked)."""
-        if not self.is_local:
-            return None
+        """The plaintext token (ours, else the local backend's run dir), hash-checked."""
+        candidates = []
         try:
-            path = self.backend.run_dir(d.name, d.workspace) / "deployment.json"
-            token = json.loads(path.read_text())["deployment"]["token"]
-        except (OSError, ValueError, KeyError, TypeError, PaiError):
-            return None
-        return token if isinstance(token, str) and hash_token(token) == d.token_hash else None
+            candidates.append(self._token_file(d.workspace, d.name).read_text().strip())
+        except OSError:
+            pass
+        if self.is_local:
+            try:
+                path = self.backend.run_dir(d.name, d.workspace) / "deployment.json"
+                candidates.append(json.loads(path.read_text())["deployment"]["token"])
+            except (OSError, ValueError, KeyError, TypeError, PaiError):
+                pass
+        for token in candidates:
+            if isinstance(token, str) and hash_token(token) == d.token_hash:
+                return token
+        return None
 
     # ---- requests -> variants ----------------------------------------------------------
     async def _variant(self, ws: str, body: Any, where: str, base: dict | None = None) -> dict:
@@ -539,6 +566,7 @@ class DeploymentService(LoggingConfigurable):
 
             await self.db.run(insert)
             try:
+                self._keep_token(ws, name, token)
                 spec = await self._backend_spec(ws, name, variants, token)
                 status = await self.backend.create(spec)
             except BaseException as e:
@@ -552,6 +580,7 @@ class DeploymentService(LoggingConfigurable):
         return out
 
     async def _cleanup_failed_create(self, ws: str, name: str, err: BaseException) -> None:
+        self._token_file(ws, name).unlink(missing_ok=True)
         if not isinstance(err, Conflict):  # a Conflict means someone else's run dir
             try:
                 await self.backend.delete(name, ws)
@@ -609,6 +638,7 @@ class DeploymentService(LoggingConfigurable):
                     s.delete(row)
 
             await self.db.run(drop)
+            self._token_file(ws, name).unlink(missing_ok=True)
         return deployment_dict(d, None)
 
     async def current(self, ws: str, name: str) -> dict:
