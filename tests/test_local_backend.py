@@ -238,6 +238,7 @@ async def test_script_job_with_env_and_declared_output(backend, store, recorder)
 
 
 async def test_command_jobs(backend, store, recorder):
+    backend.keep_work_files = False
     ok = await submit(
         backend,
         store,
@@ -264,6 +265,8 @@ async def test_command_jobs(backend, store, recorder):
     assert recorder.last(ok.id) == "succeeded"
     assert f"job {ok.id}" in read_store(store, ok.id, "logs.txt").decode()
     assert read_store(store, ok.id, "outputs/note.txt") == b"hi"
+    run_dir = Path(ok.backend_ref["run_dir"])
+    assert (run_dir / "logs.txt").exists() and not (run_dir / "work").exists()
     assert recorder.last(raising.id, key="exit_reason") == "KeyError: 'nope'"
     assert recorder.last(code3.id, key="exit_reason") == "exited with code 3"
     assert recorder.last(missing.id, key="exit_reason") == "command not found: no-such-program-pai"

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -173,9 +174,11 @@ class LocalJobBackend(JobBackend):
         help="Seconds between live metric reports while a job runs.",
     ).tag(config=True)
 
-    keep_run_dirs = Bool(
+    keep_work_files = Bool(
         True,
-        help="Keep <data_dir>/runs/<job>/<attempt>/ after the attempt (logs and work files).",
+        help="""Keep an ended attempt's work files (work/, outputs/, checkpoints/, ranks/)
+        under <data_dir>/runs/<job>/<attempt>/. Everything that matters is uploaded to the
+        store; False saves disk. logs.txt, job.json and result.json are always kept.""",
     ).tag(config=True)
 
     def __init__(self, *, store: Any, report, data_dir: str, **kwargs):
@@ -496,6 +499,11 @@ class LocalJobBackend(JobBackend):
             if att.proc.stdout is not None:  # a warm runner's "ready" pipe
                 att.proc.stdout.close()
         self.gpu_pool.release(self._gpu_owner(att.job_id, att.attempt))
+        if not self.keep_work_files:
+            for name in ("work", "outputs", "checkpoints", "ranks"):
+                await loop.run_in_executor(
+                    None, partial(shutil.rmtree, att.run_dir / name, ignore_errors=True)
+                )
         self._active.pop((att.job_id, att.attempt), None)
         self._refill()
 

@@ -385,6 +385,7 @@ class Runner:
         env = {
             "PAI_JOB_ID": str(self.job["id"]),
             "PAI_WORKSPACE": str(self.job["workspace"]),
+            "PAI_LAB_WORKSPACE": str(self.job["workspace"]),  # PaiClient() in a job
             "PAI_ATTEMPT": str(self.job.get("attempt", 1)),
             "PAI_OUTPUT_DIR": str(self.output_dir),
             "PAI_METRICS_FILE": str(
