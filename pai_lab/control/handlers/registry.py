@@ -22,7 +22,7 @@ refusals too, with outcome ``refused``.
 
 from __future__ import annotations
 
-from ...errors import BadRequest
+from ...errors import BadRequest, PaiError
 from ..deployments import DeploymentService
 from ..registry import PRODUCTION, GateRefused, Registry, check_model_name
 from ..workspaces import require_rank
@@ -187,7 +187,18 @@ class DeploymentsHandler(_Handler):
                 plan["name"],
                 f"deploying {PRODUCTION!r} needs role 'operator', has {role}",
             )
-        dep = await self.deployments.create(self.identity, ws, plan)
+        try:
+            dep = await self.deployments.create(self.identity, ws, plan)
+        except PaiError as e:
+            await self.audit(
+                ws,
+                "create_deployment",
+                "deployment",
+                plan["name"],
+                outcome="error",
+                reason=e.message,
+            )
+            raise
         await self.audit(
             ws,
             "create_deployment",
