@@ -25,7 +25,12 @@ DEFAULT_URL = "http://127.0.0.1:8585/"
 
 
 def _quote_path(path: str) -> str:
-    return quote(path.lstrip("/"), safe="/")
+    """Quote a workspace path, refusing escapes before anything is sent: HTTP libraries
+    normalise ``..`` in URLs, which would otherwise turn ``../../team-b/files/x`` into a
+    request for another workspace."""
+    from .storage.paths import safe_path
+
+    return quote(safe_path(path.lstrip("/")), safe="/")
 
 
 class PaiClient(RegistryClientMixin):

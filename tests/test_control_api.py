@@ -116,6 +116,18 @@ def test_cancel_running_job_then_cancel_again_conflicts(client):
         client.cancel_job(job["id"])
 
 
+def test_admin_submitted_job_can_use_pai_paths(client):
+    code = (
+        "import pai_lab\n"
+        "with pai_lab.fs.open('datasets/from-job.txt', 'wb') as f:\n"
+        "    f.write(b'written by the job')\n"
+        "print(pai_lab.fs.cat_file('datasets/from-job.txt'))\n"
+    )
+    job = client.wait_job(client.submit_job(script_job(code))["id"])
+    assert job["state"] == "succeeded", "".join(client.iter_logs(job["id"]))
+    assert client.read_file("datasets/from-job.txt") == b"written by the job"
+
+
 def test_script_and_command_sources(client):
     j1 = client.wait_job(
         client.submit_job(

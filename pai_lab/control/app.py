@@ -246,6 +246,8 @@ class PaiControl(Application):
             self.http_server.stop()
         if getattr(self, "scheduler", None):
             await self.scheduler.shutdown()
+        if getattr(self, "store", None):
+            self.store.close()
         if getattr(self, "db", None):
             await asyncio.get_running_loop().run_in_executor(None, self.db.close)
         if getattr(self, "_lock_file", None):

@@ -75,6 +75,10 @@ class Workspaces:
             if ident.kind == "job" and ident.workspace != ws:
                 return None
             m = s.get(Membership, (ws, ident.name))
+            if ident.kind == "job":
+                # Its owner needed 'developer' to submit it (platform admins need no
+                # membership), so a job acts as at least a developer in its workspace.
+                return m.role if m and RANK[m.role] > RANK["developer"] else "developer"
             return m.role if m else None
 
         return await self.db.run(f)
