@@ -38,7 +38,7 @@ Batch scoring (a job running ``python -m pai_lab.control.scoring``)::
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .errors import BackendUnavailable, BadRequest, GateFailed
@@ -55,9 +55,10 @@ def _pai(path: str) -> str:
 class RegistryClientMixin:
     """Registry, deployment and scoring calls; mixed into ``PaiClient``."""
 
-    # provided by PaiClient
-    def _json(self, method: str, path: str, body: Any = None, **kw) -> Any: ...  # pragma: no cover
-    def _ws(self, workspace: str | None) -> str: ...  # pragma: no cover
+    if TYPE_CHECKING:  # provided by PaiClient; declared here for type checkers only
+
+        def _json(self, method: str, path: str, body: Any = None, **kw: Any) -> Any: ...
+        def _ws(self, workspace: str | None) -> str: ...
 
     def _models(self, workspace: str | None, *parts: str | int) -> str:
         tail = "".join("/" + _q(p) for p in parts)
