@@ -63,6 +63,8 @@ class BenchHub:
         workdir.mkdir(parents=True)
         extra = workdir / "bench_config.py"
         service = (
+            # same generous timeouts on both: a loaded 2-core machine needs > 30 s at times
+            "c.Spawner.http_timeout = 300\nc.Spawner.start_timeout = 300\n"
             f"c.JupyterHub.services = list(c.JupyterHub.services or []) + "
             f"[{{'name': 'bench', 'api_token': {self.token!r}}}]\n"
             f"c.JupyterHub.load_roles = list(c.JupyterHub.load_roles or []) + "
@@ -141,7 +143,9 @@ class BenchHub:
                 return time.perf_counter() - t0
             if r.status_code == 201:
                 return time.perf_counter() - t0
-            time.sleep(0.05)
+            if not server:
+                raise SystemExit(f"{self.name}: {user}'s server failed to start; see hub.log")
+            time.sleep(0.1)
 
     def server_rss_mb(self, user: str) -> float:
         for pid in descendants(self.proc.pid):

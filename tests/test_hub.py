@@ -2,8 +2,9 @@
 
 One hub (the session's ``pai_hub``, one GPU "0") serves most tests: login with the default
 authenticator, sign-up with admin approval, CPU and GPU servers with their environment
-and limits, GPU exclusivity, a server that dies at start-up, and the control plane
-service. The idle culler and the no-GPU machine get their own small hubs.
+and limits, GPU exclusivity, and the control plane service. A second hub, started with
+``pai-lab up``, covers the idle culler, a machine without GPUs and a server that dies at
+start-up.
 """
 
 from __future__ import annotations

@@ -100,6 +100,9 @@ def configure(c: Any, mode: str | None = None) -> PaiHub:
         # The proxy's API on a free loopback port: two hubs on one machine never collide.
         _setdefault(c.ConfigurableHTTPProxy, "api_url", f"http://127.0.0.1:{_free_port()}")
         _setdefault(hub, "spawner_class", "pai_lab.hub.spawner.LocalProfileSpawner")
+        # JupyterHub's 30 s for a server to answer is short for a small, busy machine
+        # (seen: 40 s on 2 loaded cores); a server that dies is reported at once anyway.
+        _setdefault(c.Spawner, "http_timeout", 120)
         _setdefault(c.LocalProfileSpawner, "data_dir", str(data))
         if control_url:
             _setdefault(c.LocalProfileSpawner, "control_url", control_url)
@@ -204,7 +207,8 @@ def _configure_services(c: Any, settings: PaiHub, data: Path, profiles: list) ->
                 "command": command,
                 "environment": env,
                 "oauth_no_confirm": True,  # our own service: no "authorize access?" page
-                "display": True,
+                # People reach it through the lab's PAI sidebar, not the hub's Services menu.
+                "display": False,
                 "info": {"description": "pai-lab control plane (jobs, models, deployments)"},
             }
         )

@@ -120,6 +120,12 @@ class LocalProfileSpawner(LocalProcessSpawner):
     def _default_options_form(self):
         return LocalProfileSpawner._render_options_form
 
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # Validate {"profile": slug} before anything starts (a bad slug is a clear 400);
+        # start() applies it.
+        return lambda spawner, user_options: spawner._profile()
+
     # -- profiles ------------------------------------------------------------------
     @property
     def profiles(self) -> Profiles:
@@ -308,6 +314,7 @@ class LocalProfileSpawner(LocalProcessSpawner):
         Raising from ``start()`` instead goes through JupyterHub's normal failure path,
         and the user sees our message (exit code and log tail).
         """
+        self._start_t0 = time.monotonic()
         profile = self._profile()
         loop = asyncio.get_running_loop()
         gpus: list[int] = []
@@ -368,7 +375,10 @@ class LocalProfileSpawner(LocalProcessSpawner):
 
     async def _wait_listening(self, log_path: Path | None) -> None:
         """Return once the server accepts connections; raise if its process exits first."""
-        deadline = time.monotonic() + max(1, self.http_timeout)
+        # Stay inside JupyterHub's start_timeout for start(); after that its own http wait
+        # (http_timeout) takes over.
+        started = getattr(self, "_start_t0", time.monotonic())
+        deadline = min(started + self.start_timeout - 2, time.monotonic() + self.http_timeout)
         delay = 0.05
         while time.monotonic() < deadline:
             status = self.proc.poll() if self.proc is not None else None
