@@ -675,3 +675,17 @@ async def test_job_against_s3_store(s3_store, data_dir, recorder):
         assert b"attempt succeeded" in ws.read_bytes_sync(f"jobs/{run.id}/logs.txt")
     finally:
         await b.shutdown()
+
+
+async def test_cancel_while_starting_still_stops_the_job(backend, store, recorder):
+    spec, _ = parse_job_spec(
+        {"source": {"command": [sys.executable, "-c", "import time; time.sleep(60)"]}}
+    )
+    run = JobRun(
+        id="early", workspace="default", owner="alice", attempt=1, spec=spec.to_dict(), profile={}
+    )
+    ref, _ = await asyncio.gather(backend.start(run), backend.cancel(run))
+    run.backend_ref = ref
+    assert await backend.wait(run, WAIT)
+    assert recorder.last("early") == "cancelled"
+    assert not _alive(ref["pid"])

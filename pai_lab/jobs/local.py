@@ -190,6 +190,8 @@ class LocalJobBackend(JobBackend):
         self._active: dict[tuple[str, int], _Attempt] = {}
         self._warm: list[_WarmRunner] = []
         self._warm_lock = threading.Lock()
+        self._starting: set[tuple[str, int]] = set()
+        self._cancel_pending: set[tuple[str, int]] = set()
         self._closed = False
         self._refill()
 
@@ -286,9 +288,18 @@ class LocalJobBackend(JobBackend):
         control plane checks ``wait_reason`` first, so this is a lost race).
         """
         loop = asyncio.get_running_loop()
-        att, ref = await loop.run_in_executor(None, self._start_sync, run)
-        self._active[(run.id, run.attempt)] = att
+        key = (run.id, run.attempt)
+        self._starting.add(key)
+        try:
+            att, ref = await loop.run_in_executor(None, self._start_sync, run)
+        finally:
+            self._starting.discard(key)
+        self._active[key] = att
         self._supervise(att, ref)
+        if key in self._cancel_pending:  # cancelled while its process was being started
+            self._cancel_pending.discard(key)
+            att.cancel_at = time.time()
+            self._kill(att, signal.SIGTERM)
         return ref
 
     def _start_sync(self, run: JobRun) -> tuple[_Attempt, dict]:
@@ -531,7 +542,11 @@ class LocalJobBackend(JobBackend):
         Returns once the signal is sent; the supervisor reports ``cancelled`` when the
         process is gone (the runner saves the notebook and logs first).
         """
-        att = self._active.get((run.id, run.attempt))
+        key = (run.id, run.attempt)
+        if key in self._starting:
+            self._cancel_pending.add(key)
+            return
+        att = self._active.get(key)
         if att is None:
             ref = run.backend_ref or {}
             pid, st = int(ref.get("pid") or 0), ref.get("start_time")
