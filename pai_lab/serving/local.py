@@ -31,10 +31,11 @@ non-file stores. Model files are never taken from a client request.
 
 API (all ``async``; each returns the status dict below):
 
-- ``create(deployment)``: start the router, wait until every variant with traffic has a
-  ready replica (or ``start_timeout``), return status. ``Conflict`` if it exists.
+- ``create(deployment)``: start the router, wait until every variant has all its replicas
+  ready (at most ``start_timeout``; then the status says what is missing), return status.
+  ``Conflict`` if it exists.
 - ``update(deployment)``: new traffic split, replica counts, or variants (new model
-  versions start before old ones stop). ``NotFound`` if missing.
+  versions start before old ones stop); waits like ``create``. ``NotFound`` if missing.
 - ``delete(name, workspace="default")``: stop router and replicas, remove the run dir.
 - ``status(name, workspace="default")``: live status; ``state`` is ``ready``,
   ``starting`` or ``stopped`` (router process gone).
@@ -91,6 +92,13 @@ def _pid_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return True
+
+
+def _all_ready(status: dict) -> bool:
+    """Serving, and every variant (shadows too) has all its desired replicas ready."""
+    return status.get("state") == "ready" and all(
+        v["replicas"]["ready"] >= v["replicas"]["desired"] for v in status["variants"]
+    )
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -217,7 +225,7 @@ class LocalDeploymentBackend(LoggingConfigurable):
                     status = await self._call(run_dir, "GET", "/_pai/status")
                 except (BackendUnavailable, OSError):
                     status = None
-                if status is not None and (not ready or status["state"] == "ready"):
+                if status is not None and (not ready or _all_ready(status)):
                     return status
             await asyncio.sleep(0.2)
         if status is not None:
@@ -253,7 +261,8 @@ class LocalDeploymentBackend(LoggingConfigurable):
         run_dir = self.run_dir(dep["name"], dep["workspace"])
         if not run_dir.exists():
             raise NotFound(f"deployment {dep['workspace']}/{dep['name']} not found")
-        return await self._call(run_dir, "PUT", "/_pai/deployment", dep)
+        await self._call(run_dir, "PUT", "/_pai/deployment", dep)
+        return await self._wait(run_dir)
 
     async def status(self, name: str, workspace: str = "default") -> dict:
         run_dir = self.run_dir(name, workspace)
