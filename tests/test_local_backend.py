@@ -689,3 +689,24 @@ async def test_cancel_while_starting_still_stops_the_job(backend, store, recorde
     assert await backend.wait(run, WAIT)
     assert recorder.last("early") == "cancelled"
     assert not _alive(ref["pid"])
+
+
+async def test_killing_one_rank_fails_the_job_clearly(backend, store, recorder):
+    code = (
+        "import os, signal, time\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    os.kill(os.getppid(), signal.SIGKILL)  # the rank's runner dies\n"
+        "time.sleep(60)\n"
+    )
+    run = await submit(
+        backend, store, {"source": {"script": "k.py", "content": code}, "workers": 2}
+    )
+    assert await backend.wait(run, WAIT)
+    assert recorder.last(run.id) == "failed"
+    assert recorder.last(run.id, key="exit_reason") == "rank 1: killed by signal SIGKILL"
+    # nothing of the job is left running (the orphaned rank-1 script included)
+    ps = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True)
+    left = [
+        line for line in ps.stdout.splitlines() if line.split()[0] == str(run.backend_ref["pgid"])
+    ]
+    assert not [x for x in left if not x.split()[1].startswith("Z")], left

@@ -509,6 +509,10 @@ class LocalJobBackend(JobBackend):
                 await loop.run_in_executor(None, att.proc.wait, 5)
             if att.proc.stdout is not None:  # a warm runner's "ready" pipe
                 att.proc.stdout.close()
+            if att.proc.returncode is not None:
+                # just reaped by us, so the group id is still the job's: stop any stray
+                # process the job left in its group (e.g. a child of a killed rank)
+                _killpg(att.pid, signal.SIGKILL)
         self.gpu_pool.release(self._gpu_owner(att.job_id, att.attempt))
         if not self.keep_work_files:
             for name in ("work", "outputs", "checkpoints", "ranks"):
