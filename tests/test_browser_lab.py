@@ -13,7 +13,6 @@ else to the test's temporary folder.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -198,8 +197,8 @@ def shots(tmp_path) -> Path:
 def open_sidebar(page) -> None:
     tab = page.locator('.jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id="pai-lab-sidebar"]')
     tab.wait_for(timeout=60_000)
-    if not page.locator("#pai-lab-sidebar").is_visible():
-        tab.click()
+    if not page.locator("#pai-lab-sidebar .pai-App").is_visible():
+        page.evaluate("() => window.jupyterapp.commands.execute('pai-lab:open')")
     page.locator("#pai-lab-sidebar .pai-App").wait_for(timeout=30_000)
 
 
@@ -234,6 +233,7 @@ def test_submit_watch_logs_output_and_artifacts(lab, browser, shots, tmp_path):
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     try:
         page.goto(f"{lab.url}lab/tree/train.ipynb?token={lab.token}")
+        page.wait_for_function("() => !!window.jupyterapp", timeout=60_000)
         button = page.locator(".jp-NotebookPanel-toolbar .pai-SubmitButton")
         button.wait_for(timeout=90_000)
         page.locator(".jp-Notebook .jp-Cell").first.wait_for()
@@ -348,6 +348,7 @@ def test_submit_watch_logs_output_and_artifacts(lab, browser, shots, tmp_path):
         crumbs = page.locator("#pai-lab-sidebar .pai-Breadcrumbs").inner_text()
         assert crumbs.split() == ["default", "/", "jobs", "/", job_id, "/", "outputs"]
         assert re.search(r"\d+(\.\d)? (B|KiB)", row.locator(".pai-FileTable-size").inner_text())
+        page.screenshot(path=str(shots / "lab-artifacts.png"))
         with page.expect_download() as info:
             row.locator(".pai-Download").click()
         target = tmp_path / "model.joblib"
@@ -374,7 +375,6 @@ def test_submit_watch_logs_output_and_artifacts(lab, browser, shots, tmp_path):
         uploaded.wait_for(timeout=30_000)
         got = lab.api("GET", "pai/api/v1/workspaces/default/files/upload.bin")
         assert got.content == payload
-        page.screenshot(path=str(shots / "lab-artifacts.png"))
         uploaded.get_by_role("button", name="Delete upload.bin").click()
         page.locator(".jp-Dialog .jp-mod-warn").click()
         uploaded.wait_for(state="detached", timeout=30_000)
@@ -396,12 +396,13 @@ def test_submit_watch_logs_output_and_artifacts(lab, browser, shots, tmp_path):
         context.close()
 
 
-def test_sidebar_reports_errors_and_empty_states(lab, browser):
+def test_sidebar_reports_errors_and_empty_states(lab, browser, tmp_path):
     """A missing folder and a failing request show messages in the panel, not silence."""
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     page = context.new_page()
     try:
         page.goto(f"{lab.url}lab?token={lab.token}")
+        page.wait_for_function("() => !!window.jupyterapp", timeout=60_000)
         open_sidebar(page)
         page.locator("#pai-lab-sidebar .pai-SectionTabs button[data-section=models]").click()
         # Models/deployments: either a list, an empty state, or the API's own error message.
@@ -440,6 +441,9 @@ def test_sidebar_reports_errors_and_empty_states(lab, browser):
         assert error.get_by_role("button", name="Retry").count() == 1
         page.locator("#pai-lab-sidebar .pai-Breadcrumbs-link", has_text="default").click()
         error.wait_for(state="detached", timeout=30_000)
+    except Exception:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        raise
     finally:
         context.close()
 

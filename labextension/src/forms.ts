@@ -16,6 +16,8 @@ export interface IFormField {
   placeholder?: string;
   help?: string;
   min?: number;
+  /** Consecutive inline fields share one row (short numbers and durations). */
+  inline?: boolean;
 }
 
 export type FormValues = Record<string, string>;
@@ -38,10 +40,20 @@ class FormBody extends Widget implements Dialog.IBodyWidget<FormValues> {
       box.textContent = error;
       this.node.appendChild(box);
     }
+    let group: HTMLElement | null = null;
     for (const field of fields) {
       const id = `pai-field-${field.name}-${Math.random().toString(36).slice(2, 8)}`;
       const row = document.createElement('div');
       row.className = 'pai-Form-row';
+      if (field.inline) {
+        if (!group) {
+          group = document.createElement('div');
+          group.className = 'pai-Form-inline';
+          this.node.appendChild(group);
+        }
+      } else {
+        group = null;
+      }
       const label = document.createElement('label');
       label.htmlFor = id;
       label.textContent = field.label;
@@ -84,7 +96,7 @@ class FormBody extends Widget implements Dialog.IBodyWidget<FormValues> {
         help.textContent = field.help;
         row.appendChild(help);
       }
-      this.node.appendChild(row);
+      (group ?? this.node).appendChild(row);
       this._inputs.push(input);
     }
   }
@@ -98,7 +110,10 @@ class FormBody extends Widget implements Dialog.IBodyWidget<FormValues> {
   }
 
   protected onAfterAttach(): void {
-    this._inputs[0]?.focus();
+    this._inputs[0]?.focus({ preventScroll: true });
+    if (this.node.parentElement) {
+      this.node.parentElement.scrollTop = 0;
+    }
   }
 
   private _inputs: (HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement)[] = [];

@@ -76,13 +76,15 @@ export async function submitNotebook(
         ? trans.__('Not pre-filled (not literals): %1', defaults.skipped.join(', '))
         : trans.__('Pre-filled from the cell tagged "parameters".')
     },
-    { name: 'workers', label: trans.__('Workers'), kind: 'number', value: '1', min: 1 },
+    { name: 'workers', label: trans.__('Workers'), kind: 'number', value: '1', min: 1, inline: true },
     {
       name: 'max_runtime',
       label: trans.__('Max runtime'),
       value: '1h',
+      inline: true,
       placeholder: trans.__('e.g. 30m, 2h; empty for no limit')
     },
+    { name: 'retries', label: trans.__('Retries'), kind: 'number', value: '0', min: 0, inline: true },
     {
       name: 'outputs',
       label: trans.__('Outputs to keep'),
@@ -95,7 +97,6 @@ export async function submitNotebook(
       value: '',
       placeholder: 'data.csv, utils.py'
     },
-    { name: 'retries', label: trans.__('Retries'), kind: 'number', value: '0', min: 0 }
   ];
   const request = await formDialog({
     title: trans.__('Submit %1 as a job in %2', PathExt.basename(path), model.workspace),
