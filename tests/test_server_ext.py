@@ -18,7 +18,7 @@ import requests
 
 from pai_lab.server import hub_service_url
 from tests.support.common import free_port
-from tests.support.jupyter import REPO, isolated_env, write_notebook
+from tests.support.jupyter import REPO, isolated_env, start_jupyter_server, write_notebook
 
 pytestmark = pytest.mark.timeout(240)
 WS = "pai/api/v1/workspaces/default"
@@ -455,7 +455,7 @@ def test_remote_control_plane_outage_and_jobs_outliving_the_notebook_server(
         assert s.get("pai/api/v1/me").json()["admin"] is True
         write_notebook(
             s.root_dir / "slow.ipynb",
-            ["import time\nprint('go', flush=True)\ntime.sleep(4)\nprint('done', flush=True)"],
+            ["import time\nprint('go', flush=True)\ntime.sleep(2)\nprint('done', flush=True)"],
         )
         r = s.request("POST", "pai/api/notebook-jobs", json={"path": "slow.ipynb"})
         assert r.status_code == 201, r.text
@@ -492,8 +492,18 @@ def test_remote_control_plane_outage_and_jobs_outliving_the_notebook_server(
         _stop_control(proc)
 
 
-def test_zz_standalone_control_plane_stops_with_the_server(server):
-    """Last in the module: stops the shared standalone server."""
+def test_zz_standalone_stops_with_the_server_and_its_running_job_is_picked_up_again(server):
+    """After the other tests of the shared server (it stops it). What docs/notebooks.md promises:
+    the embedded control plane stops with the server; a job still running then is
+    reattached (state, logs) when the same server starts again on the same data dir."""
+    r = server.request(
+        "POST",
+        "pai/api/notebook-jobs",
+        json={"path": "proj/train.ipynb", "parameters": {"SLEEP": 4}, "files": ["data"]},
+    )
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    wait_state(server, job_id, ("running",))
     cp = server.get("pai/api/status").json()["control_url"]
     host, port = cp.split("//")[1].rstrip("/").split(":")
     socket.create_connection((host, int(port)), timeout=5).close()  # listening now
@@ -501,6 +511,15 @@ def test_zz_standalone_control_plane_stops_with_the_server(server):
     assert "stopping the embedded control plane" in server.log()
     with pytest.raises(OSError):
         socket.create_connection((host, int(port)), timeout=5).close()
+
+    again = start_jupyter_server(server.root_dir.parent)  # new port and token, same data
+    try:
+        job = wait_state(again, job_id, ("succeeded", "failed", "lost", "cancelled", "timed_out"))
+        assert job["state"] == "succeeded", job
+        logs = again.get(f"{WS}/jobs/{job_id}/logs").text
+        assert "start 1.0" in logs and "end" in logs
+    finally:
+        again.stop()
 
 
 # ------------------------------------------------------------------------ under JupyterHub
@@ -603,23 +622,3 @@ def test_under_the_hub_a_users_server_submits_with_its_hub_token_and_others_cann
         requests.post(user_url + f"pai/api/v1/{jurl}/cancel", headers=ah, timeout=60)
     finally:
         hub.stop_server("alice")
-
-
-def test_standalone_job_running_at_shutdown_is_picked_up_by_the_next_start(jupyter_server_factory):
-    """What docs/notebooks.md promises for standalone mode: a job still running when the
-    server stops is reattached (state, logs) when the same server starts again."""
-    s = jupyter_server_factory("again")
-    write_notebook(
-        s.root_dir / "slow.ipynb",
-        ["import time\nprint('go', flush=True)\ntime.sleep(6)\nprint('done', flush=True)"],
-    )
-    r = s.request("POST", "pai/api/notebook-jobs", json={"path": "slow.ipynb"})
-    assert r.status_code == 201, r.text
-    job_id = r.json()["id"]
-    wait_state(s, job_id, ("running",))
-    assert s.stop() == 0
-    s2 = jupyter_server_factory("again")  # same folder: same data dir, new port and token
-    job = wait_state(s2, job_id, ("succeeded", "failed", "lost", "cancelled", "timed_out"))
-    assert job["state"] == "succeeded", job
-    logs = s2.get(f"{WS}/jobs/{job_id}/logs").text
-    assert "go" in logs and "done" in logs

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Unicode, default
+from traitlets import Bool, Float, Integer, Unicode, default
 from traitlets.config import Config
 
 HUB = "hub"
@@ -148,6 +148,12 @@ class PaiLabExtension(ExtensionApp):
         300.0,
         help="Seconds to wait for the control plane's response headers (bodies then stream "
         "without a limit, so followed logs can stay open).",
+    ).tag(config=True)
+
+    max_upload_bytes = Integer(
+        10 * 2**30,
+        help="Largest request body streamed through /pai/api/v1 (uploads), in bytes; "
+        "0 keeps jupyter_server's limit (ServerApp.max_body_size).",
     ).tag(config=True)
 
     startup_timeout = Float(

@@ -145,6 +145,9 @@ class ProxyHandler(PaiBaseHandler):
             raise
 
     async def _prepare_upstream(self) -> None:
+        if self.ext.max_upload_bytes and self.request.method in ("PUT", "POST", "PATCH"):
+            # Bodies stream through (never held in memory): allow the control plane's size.
+            self.request.connection.set_max_body_size(self.ext.max_upload_bytes)
         await super().prepare()
         if self._finished:
             return
@@ -181,6 +184,10 @@ class ProxyHandler(PaiBaseHandler):
             ) from None
 
     def _header_timeout(self) -> float | None:
+        # A followed log of a job still queued may send nothing (not even headers) for a
+        # long time: no limit there.
+        if self.get_query_argument("follow", "0").lower() in ("1", "true", "yes"):
+            return None
         return self.ext.response_timeout or None
 
     async def data_received(self, chunk: bytes) -> None:
