@@ -164,6 +164,12 @@ class LocalJobBackend(JobBackend):
         help="Kernel for notebooks whose own kernelspec is not installed here (and for the warm pool).",
     ).tag(config=True)
 
+    timeout_slack = Float(
+        30.0,
+        help="""Seconds past max_runtime + cancel_grace after which the backend kills a job
+        whose runner did not stop it by itself (the runner normally does, at max_runtime).""",
+    ).tag(config=True)
+
     poll_interval = Float(
         0.05,
         help="Seconds between checks of a running attempt (result file, process exit).",
@@ -398,22 +404,29 @@ class LocalJobBackend(JobBackend):
             last_metrics_size = -1
             last_metrics_check = 0.0
             result: dict | None = None
+            result_path = att.run_dir / RESULT
+
+            def tick() -> tuple[dict | None, bool, int]:
+                """File and process checks, off the event loop: (result, alive, metrics size)."""
+                res = _read_json(result_path) if result_path.exists() else None
+                alive = att.alive() if res is None else True
+                if res is None and not alive:
+                    res = _read_json(result_path)  # written just before the exit
+                try:
+                    size = metrics_path.stat().st_size
+                except OSError:
+                    size = -1
+                return res, alive, size
+
             while True:
-                result = (
-                    _read_json(att.run_dir / RESULT) if (att.run_dir / RESULT).exists() else None
-                )
+                result, alive, size = await loop.run_in_executor(None, tick)
                 if result is not None and result.get("state"):
                     break
-                if not att.alive():
-                    result = _read_json(att.run_dir / RESULT)
+                if not alive:
                     break
                 now = time.time()
                 if now - last_metrics_check >= self.metrics_interval:
                     last_metrics_check = now
-                    try:
-                        size = metrics_path.stat().st_size
-                    except OSError:
-                        size = -1
                     if size != last_metrics_size and size > 0:
                         last_metrics_size = size
                         from ..tracking import read_metrics_file
@@ -422,12 +435,13 @@ class LocalJobBackend(JobBackend):
                             None, read_metrics_file, str(metrics_path)
                         )
                         await self.report(job_id, attempt, metrics=metrics)
-                # backstop: the runner enforces max_runtime itself; if it does not stop
-                # within the grace period, the backend kills the whole process group
+                # backstop: the runner enforces max_runtime itself (it may be busy
+                # importing when the deadline passes); if it has not ended well after
+                # that, the backend kills the whole process group
                 if (
                     max_rt
                     and att.killed_for is None
-                    and now > started_at + max_rt + self.cancel_grace
+                    and now > started_at + max_rt + self.cancel_grace + self.timeout_slack
                 ):
                     att.killed_for = "timed_out"
                     self._kill(att, signal.SIGKILL)
