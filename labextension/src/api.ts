@@ -33,7 +33,9 @@ export class PaiApiError extends Error {
   constructor(
     readonly status: number,
     readonly code: string,
-    message: string
+    message: string,
+    /** The whole `error` object of the answer (e.g. a refused gate's verdict). */
+    readonly detail: Record<string, any> = {}
   ) {
     super(message);
     this.name = 'PaiApiError';
@@ -76,12 +78,14 @@ const STATUS_CODES: Record<number, string> = {
  * to a message for the status so the user never sees raw markup or a blank error.
  */
 export function errorFromResponse(status: number, body: string): PaiApiError {
+  let detail: Record<string, any> = {};
   let code = STATUS_CODES[status] ?? `http_${status}`;
   let message = STATUS_MESSAGES[status] ?? `Request failed (HTTP ${status}).`;
   try {
     const parsed = JSON.parse(body);
     const err = parsed?.error;
     if (err && typeof err === 'object') {
+      detail = err;
       if (typeof err.code === 'string' && err.code) {
         code = err.code;
       }
@@ -100,7 +104,7 @@ export function errorFromResponse(status: number, body: string): PaiApiError {
       message = text;
     }
   }
-  return new PaiApiError(status, code, message);
+  return new PaiApiError(status, code, message, detail);
 }
 
 /** Any thrown value as a user-facing message. */

@@ -167,7 +167,16 @@ function DeploymentDetail(props: {
               throw new Error(trans.__('"%1" is not MODEL:VERSION=PERCENT.', line));
             }
             const [model, version] = m[1].split(':');
-            return { model, version, weight: Number(m[2]), shadow: !!m[3] };
+            // Keep the name and replicas of a variant that stays, so it keeps running.
+            const same = variants.find(v => v.model === model && String(v.version) === version);
+            return {
+              ...(same?.name ? { name: same.name } : {}),
+              ...(same?.replicas ? { replicas: same.replicas } : {}),
+              model,
+              ...(version ? { version } : {}),
+              weight: Number(m[2]),
+              shadow: !!m[3]
+            };
           });
         const total = parsed.filter(v => !v.shadow).reduce((sum, v) => sum + v.weight, 0);
         if (Math.abs(total - 100) > 1e-6) {
@@ -204,7 +213,8 @@ function DeploymentDetail(props: {
             rows={[
               [trans.__('State'), dep.state ?? ''],
               [trans.__('Model'), dep.model ?? ''],
-              [trans.__('Backend'), String(dep.backend ?? '')]
+              [trans.__('Backend'), String(dep.backend ?? '')],
+              ...(dep.token_hint ? ([[trans.__('Token'), `${dep.token_hint}…`]] as [string, string][]) : [])
             ]}
           />
           {endpoint ? (

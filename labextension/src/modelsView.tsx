@@ -5,7 +5,7 @@
  */
 import * as React from 'react';
 
-import { Notification } from '@jupyterlab/apputils';
+import { Clipboard, Notification } from '@jupyterlab/apputils';
 import { caretLeftIcon, refreshIcon } from '@jupyterlab/ui-components';
 
 import { IPaiContext } from './actions';
@@ -217,18 +217,21 @@ function ModelDetail(props: { ctx: IPaiContext; workspace: string; name: string;
     }
     try {
       const answer: any = await api.setAlias(workspace, name, result, version.version);
-      const verdict = answer?.gate?.message ?? answer?.gate_result ?? '';
+      const verdict: string = answer?.gate_result?.summary ?? '';
       setGate({
         ok: true,
-        message: trans.__('%1 now points at version %2.', result, String(version.version)) + (verdict ? ` ${verdict}` : '')
+        message:
+          trans.__('%1 now points at version %2.', result, String(version.version)) +
+          (verdict ? `\n${verdict}` : '')
       });
       void load();
     } catch (err) {
       const refused = err instanceof PaiApiError && err.status === 422;
+      const verdict: string | undefined = refused ? (err as PaiApiError).detail?.gate?.summary : undefined;
       setGate({
         ok: false,
         message: refused
-          ? trans.__('Gate refused: %1', errorMessage(err))
+          ? trans.__('Refused by the evaluation gate: %1', verdict ?? errorMessage(err))
           : trans.__('Promotion failed: %1', errorMessage(err))
       });
     }
@@ -256,10 +259,21 @@ function ModelDetail(props: { ctx: IPaiContext; workspace: string; name: string;
     }
     try {
       const dep = await api.createDeployment(workspace, { name: result.name, model: target, replicas: result.replicas });
-      Notification.success(trans.__('Deployment %1 created.', dep?.name ?? result.name), {
-        autoClose: 6000,
-        actions: [{ label: trans.__('Show'), callback: () => ctx.model.show('deployments', result.name) }]
-      });
+      const token = dep?.token ? String(dep.token) : '';
+      Notification.success(
+        token
+          ? trans.__('Deployment %1 created. Its token is shown only now: copy it.', dep?.name ?? result.name)
+          : trans.__('Deployment %1 created.', dep?.name ?? result.name),
+        {
+          autoClose: token ? false : 6000,
+          actions: [
+            ...(token
+              ? [{ label: trans.__('Copy token'), callback: () => Clipboard.copyToSystem(token) }]
+              : []),
+            { label: trans.__('Show'), callback: () => ctx.model.show('deployments', result.name) }
+          ]
+        }
+      );
     } catch (err) {
       setError(trans.__('Deploy failed: %1', errorMessage(err)));
     }
