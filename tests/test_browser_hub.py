@@ -62,11 +62,9 @@ def test_login_pick_profile_land_in_jupyterlab(pai_hub, browser):
     page.wait_for_url("**/user/admin/lab**")
     page.wait_for_selector(".jp-LabShell")
     page.wait_for_selector(".jp-Launcher, .jp-DirListing", state="visible")
-    # JupyterLab asks whether to fetch Jupyter news: answer, as a person would.
-    no = page.locator(".jp-toast-button", has_text="No")
-    if no.count():
-        no.first.click()
-    page.wait_for_timeout(1500)  # let the launcher finish painting for the screenshot
+    page.wait_for_timeout(3000)  # let the launcher finish painting for the screenshot
+    # pai-lab seeds the user's settings: no "fetch Jupyter news?" question.
+    assert page.locator(".jp-toast-button", has_text="No").count() == 0
     page.screenshot(path=str(IMAGES / "hub-lab.png"))
     assert "/user/admin/lab" in page.url
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import requests
@@ -126,10 +127,19 @@ def test_spawn_cpu_small_from_form_and_reach_it_through_the_proxy(hub, alice, al
     cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
     assert b"--ServerApp.shutdown_no_activity_timeout=3600" in cmd
     assert b"--MappingKernelManager.cull_idle_timeout=3600" in cmd
+    news = Path(env["HOME"]) / ".jupyter/lab/user-settings/@jupyterlab/apputils-extension"
+    assert (
+        json.loads((news / "notification.jupyterlab-settings").read_text())["fetchNews"] == "false"
+    )
 
 
-def test_gpu_profile_gets_the_only_gpu_and_a_second_is_refused(hub):
-    bob = hub.signup_and_approve("bob", PASSWORD)
+@pytest.fixture(scope="module")
+def bob(hub):
+    s = hub.signup_and_approve("bob", PASSWORD)
+    return s, hub.token_for(s, "bob")
+
+
+def test_gpu_profile_gets_the_only_gpu_and_a_second_is_refused(hub, bob):
     r = hub.api("POST", "/users/bob/server", json={"profile": "gpu"})
     assert r.status_code in (201, 202), r.text
     hub.wait_ready("bob")
@@ -153,7 +163,6 @@ def test_gpu_profile_gets_the_only_gpu_and_a_second_is_refused(hub):
     hub.stop_server("bob")
     pool = json.loads((hub.data_dir / "gpus.json").read_text())
     assert pool["owners"] == {}
-    assert bob.get(f"{hub.url}/hub/home").status_code == 200
 
 
 def test_unknown_profile_is_a_clear_400(hub):
@@ -197,6 +206,35 @@ def test_control_plane_knows_the_hub_user_by_token_server_token_and_cookie(
     # Hub admins are admins there too.
     me = requests.get(me_url, headers={"Authorization": f"token {hub.admin_token()}"})
     assert me.json()["admin"] is True
+
+
+@pytest.mark.skipif(not control_plane_available(), reason="control plane not in the tree yet")
+def test_workspace_roles_hold_for_hub_users(hub, alice, bob):
+    """The admin makes a workspace with alice in it; bob (another hub user) is refused,
+    and the refusal is in the workspace's audit log."""
+    api = f"{hub.url}/services/pai/api/v1"
+    admin = {"Authorization": f"token {hub.admin_token()}"}
+    r = requests.post(f"{api}/workspaces", json={"name": "team-a"}, headers=admin)
+    assert r.status_code == 201, r.text
+    r = requests.put(
+        f"{api}/workspaces/team-a/members/alice", json={"role": "developer"}, headers=admin
+    )
+    assert r.status_code in (200, 201), r.text
+    as_alice = {"Authorization": f"token {alice[1]}"}
+    as_bob = {"Authorization": f"token {bob[1]}"}
+    assert requests.get(f"{api}/workspaces/team-a/jobs", headers=as_alice).status_code == 200
+    for path in ("jobs", "files/"):
+        r = requests.get(f"{api}/workspaces/team-a/{path}", headers=as_bob)
+        assert r.status_code == 403, (path, r.text)
+        assert r.json()["error"]["message"]
+    names = [
+        w["name"] for w in requests.get(f"{api}/workspaces", headers=as_bob).json()["workspaces"]
+    ]
+    assert "team-a" not in names
+    events = requests.get(
+        f"{api}/workspaces/team-a/audit", params={"actor": "bob"}, headers=admin
+    ).json()["events"]
+    assert any(e["outcome"] == "denied" for e in events), events
 
 
 def test_culler_no_gpu_machine_and_a_server_dying_at_start(hub_factory):

@@ -116,6 +116,13 @@ class LocalProfileSpawner(LocalProcessSpawner):
     def _default_server_log_dir(self) -> str:
         return str(Path(self.data_dir) / "logs" / "servers")
 
+    jupyter_news = Bool(
+        False,
+        help="""Let JupyterLab fetch news from jupyter.org (it asks each new user). Off by
+        default on a self-hosted platform: no calls home; users can switch it on in
+        Settings > Notifications.""",
+    ).tag(config=True)
+
     @default("options_form")
     def _default_options_form(self):
         return LocalProfileSpawner._render_options_form
@@ -343,6 +350,8 @@ class LocalProfileSpawner(LocalProcessSpawner):
                 self.user_dir.mkdir(parents=True, exist_ok=True)
                 if not self.notebook_dir:
                     self.notebook_dir = str(self.user_dir)
+                if not self.jupyter_news:
+                    self._seed_lab_settings()
             if self.server_log_dir:
                 log_dir = Path(self.server_log_dir)
                 log_dir.mkdir(parents=True, exist_ok=True)
@@ -372,6 +381,22 @@ class LocalProfileSpawner(LocalProcessSpawner):
         self._log_path = log_path
         await self._wait_listening(log_path)
         return url
+
+    def _seed_lab_settings(self) -> None:
+        """A new user's lab starts without the 'fetch Jupyter news?' question (their own
+        settings file, written once; later changes are theirs)."""
+        path = (
+            self.user_dir
+            / ".jupyter/lab/user-settings/@jupyterlab/apputils-extension"
+            / "notification.jupyterlab-settings"
+        )
+        if path.exists():
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text('{"fetchNews": "false", "checkForUpdates": false}\n')
+        except OSError as e:
+            self.log.warning("could not write lab settings for %s: %s", self.user.name, e)
 
     async def _wait_listening(self, log_path: Path | None) -> None:
         """Return once the server accepts connections; raise if its process exits first."""
