@@ -4,6 +4,8 @@ One run, side by side, on loopback: the same iris LogisticRegression (joblib) se
 
 - ``pai-lab``       our OIP V2 server (adaptive batching on, the default),
 - ``pai-lab-nobatch`` the same with ``max_batch_size=1`` (to show what batching buys),
+- ``pai-lab-nobatch-thread`` no batching and every predict on the executor thread (the
+  strict never-block-the-loop design without our inline fast path),
 - ``mlserver``      MLServer + mlserver-sklearn, default settings bound to 127.0.0.1,
 - ``minimal``       a bare tornado handler: json -> numpy -> predict -> json,
 
@@ -271,6 +273,8 @@ def start_server(
             f"--max-batch-size={batch}",
             "--log-level=WARN",
         ]
+        if "thread" in kind:  # predict always on the executor thread, never inline
+            cmd.append("--ModelServer.inline_predict_max_ms=0")
     elif kind == "minimal":
         cmd = [sys.executable, __file__, "--minimal", str(port), str(model_path)]
     elif kind == "mlserver":
@@ -394,6 +398,18 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def batch_stats(port: int) -> tuple[float, float]:
+    """(predict calls, rows) so far, from the server's batch-size histogram."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    calls = rows = 0.0
+    for line in text.splitlines():
+        if line.startswith("pai_serving_batch_size_count"):
+            calls += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("pai_serving_batch_size_sum"):
+            rows += float(line.rsplit(" ", 1)[1])
+    return calls, rows
+
+
 def summarize(parts: list[dict]) -> dict:
     lat = sorted(v for p in parts for v in p["latencies_ms"])
     n = len(lat)
@@ -406,6 +422,11 @@ def summarize(parts: list[dict]) -> dict:
         "p50_ms": lat[n // 2] if n else float("nan"),
         "p99_ms": lat[min(n - 1, int(n * 0.99))] if n else float("nan"),
         "server_cpu_us_per_req": cpu / n * 1e6 if n else float("nan"),
+        "rows_per_predict": (
+            sum(p["batch_rows"] for p in parts) / max(1.0, sum(p["batch_calls"] for p in parts))
+            if "batch_calls" in parts[0]
+            else None
+        ),
     }
 
 
@@ -422,8 +443,9 @@ def main() -> int:
     ap.add_argument("--mlserver", help="path to the mlserver executable")
     ap.add_argument(
         "--servers",
-        default="pai-lab,pai-lab-nobatch,mlserver,minimal",
-        help="comma list among pai-lab, pai-lab-nobatch, pai-lab-w2, mlserver, minimal",
+        default="pai-lab,pai-lab-nobatch,pai-lab-nobatch-thread,mlserver,minimal",
+        help="comma list among pai-lab, pai-lab-nobatch, pai-lab-nobatch-thread, pai-lab-w2, "
+        "mlserver, minimal",
     )
     ap.add_argument("--concurrency", default="1,16")
     ap.add_argument("--rows", default="1,100")
@@ -493,7 +515,12 @@ def main() -> int:
                         for kind in servers:
                             proc, port, path = running[kind]
                             cpu0 = cpu_seconds(proc.pid)
+                            b0 = batch_stats(port) if kind.startswith("pai-lab") else None
                             part = loadgen_subprocess(port, path, body, {}, c, slice_s)
+                            if b0 is not None:
+                                b1 = batch_stats(port)
+                                part["batch_calls"] = b1[0] - b0[0]
+                                part["batch_rows"] = b1[1] - b0[1]
                             # the loadgen warms up 0.5 s and drains 0.2 s outside its window
                             part["cpu"] = (cpu_seconds(proc.pid) - cpu0) * (
                                 part["elapsed"] / (part["elapsed"] + 0.7)
@@ -505,7 +532,12 @@ def main() -> int:
                             f"{kind:16s} rows={rows:<4d} c={c:<3d} {r['rps']:9.1f} req/s  "
                             f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
                             f"cpu {r['server_cpu_us_per_req']:7.0f} us/req  "
-                            f"errors {r['errors']}",
+                            + (
+                                f"rows/predict {r['rows_per_predict']:5.1f}  "
+                                if r["rows_per_predict"]
+                                else ""
+                            )
+                            + f"errors {r['errors']}",
                             flush=True,
                         )
         finally:
@@ -550,6 +582,10 @@ def main() -> int:
             (
                 f"rows={rows} c=16 pai-lab / pai-lab-nobatch req/s (target >= 2)",
                 ratio(("pai-lab", rows, 16), ("pai-lab-nobatch", rows, 16)),
+            ),
+            (
+                f"rows={rows} c=16 pai-lab / pai-lab-nobatch-thread req/s",
+                ratio(("pai-lab", rows, 16), ("pai-lab-nobatch-thread", rows, 16)),
             ),
             (
                 f"rows={rows} c=16 pai-lab / minimal req/s",
