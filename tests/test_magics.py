@@ -184,8 +184,10 @@ def test_commands_errors_files_and_unsaved_warning(standalone_server):
             "j = [j for j in STATE.client.list_jobs()['jobs'] if j['name'] == 'unsaved-check'][0]\n"
             "get_ipython().run_line_magic('pai', 'cancel ' + j['id'])",  # 16
             "%pai jobs --state cancelled",  # 17
+            "%pai train --wait --no-widgets --notebook quick.ipynb --name quick",  # 18
         ]
     )
+    write_notebook(server.root_dir / "quick.ipynb", ["print('quick one')"])
     nb = run_in_server_kernel(server, "tools.ipynb", cells)
     c = nb.cells
     assert_one_line_error(c[2], "no-such-job")
@@ -197,7 +199,9 @@ def test_commands_errors_files_and_unsaved_warning(standalone_server):
     assert "local.txt" in html_of(c[8]) and "<table" in html_of(c[8])
     assert "b'abc\\x00def'" in text_of(c[9])
     assert "b'abc\\x00def'\nNone" in text_of(c[10])
-    assert "<table" in html_of(c[11])
+    assert "<table" in html_of(c[11]) or "no jobs in workspace default (all owners)" in html_of(
+        c[11]
+    )
     assert "train" in text_of(c[12]) and "workspace" in text_of(c[12])
     assert "--max-runtime" in text_of(c[13]) and "--param" in text_of(c[13])
     assert_one_line_error(c[14], "pai://")
@@ -207,7 +211,14 @@ def test_commands_errors_files_and_unsaved_warning(standalone_server):
     job_id = re.search(r"as job (\S+)", out).group(1)
     assert f"%pai logs {job_id} --follow" in out
     assert f"job {job_id}: cancelled" in text_of(c[16])
-    assert job_id in html_of(c[17])
+    assert job_id in html_of(c[17]) and "<table" in html_of(c[17])
+    # text progress (no widgets): state changes as lines, then the summary
+    out = text_of(c[18])
+    assert error_of(c[18]) is None, error_of(c[18])
+    assert not any("widget-view" in k for o in c[18].outputs for k in o.get("data", {}))
+    quick = re.search(r"as job (\S+)", out).group(1)
+    assert re.search(rf"^\[\S*\] {quick}: (queued|starting|running)$", out, re.M), out
+    assert out.strip().splitlines()[-1].startswith(f"job {quick} succeeded after ")
 
 
 def test_outside_a_server_and_inside_a_job(tmp_path):

@@ -512,14 +512,20 @@ def test_zz_standalone_stops_with_the_server_and_its_running_job_is_picked_up_ag
     with pytest.raises(OSError):
         socket.create_connection((host, int(port)), timeout=5).close()
 
-    again = start_jupyter_server(server.root_dir.parent)  # new port and token, same data
+    # New port and token, same data dir. Enabled the other supported way this time:
+    # ``pai_lab`` (the package's module-style extension point, no app class).
+    again = start_jupyter_server(
+        server.root_dir.parent, extensions={"pai_lab": True, "pai_lab.server": False}
+    )
     try:
+        assert "pai_lab | extension was successfully loaded" in again.log()
         job = wait_state(again, job_id, ("succeeded", "failed", "lost", "cancelled", "timed_out"))
         assert job["state"] == "succeeded", job
         logs = again.get(f"{WS}/jobs/{job_id}/logs").text
         assert "start 1.0" in logs and "end" in logs
     finally:
-        again.stop()
+        assert again.stop() == 0
+    assert again.log().count("stopping the embedded control plane") == 2  # both runs
 
 
 # ------------------------------------------------------------------------ under JupyterHub

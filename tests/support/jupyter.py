@@ -114,6 +114,7 @@ def start_jupyter_server(
     args: list[str] | None = None,
     base_url: str = "/jp/",
     token: str | None = None,
+    extensions: dict[str, bool] | None = None,
     timeout: float = 90,
 ) -> JupyterServer:
     """Start ``python -m jupyter_server`` and wait until its API and ``/pai/api`` answer."""
@@ -138,7 +139,8 @@ def start_jupyter_server(
         f"--IdentityProvider.token={token}",
         "--ServerApp.reraise_server_extension_failures=True",
         # Only our extension (enabled by the repo's jupyter-config file): starts faster.
-        "--ServerApp.jpserver_extensions=" + repr({name: False for name in _OTHER_EXTENSIONS}),
+        "--ServerApp.jpserver_extensions="
+        + repr({**{name: False for name in _OTHER_EXTENSIONS}, **(extensions or {})}),
         *(args or []),
     ]
     logf = open(log_path, "wb")
