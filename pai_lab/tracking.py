@@ -20,18 +20,15 @@ _metrics: list[dict] = []
 
 
 def _number(value: Any) -> float | int:
+    """ints stay ints; anything else with ``__float__`` (numpy, 0-d tensors) is a float."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
         return value
     try:
-        f = float(value)  # numpy scalars, torch 0-d tensors via __float__
+        return float(value)
     except (TypeError, ValueError):
         raise TypeError(f"log_metric: value must be a number, got {type(value).__name__}") from None
-    if math.isnan(f) or math.isinf(f):
-        # JSON has no NaN/inf; keep the record (a diverging loss is worth seeing) as a string
-        return f
-    return f
 
 
 def log_metric(name: str, value: Any, step: int | None = None) -> dict:
@@ -51,10 +48,8 @@ def log_metric(name: str, value: Any, step: int | None = None) -> dict:
                     f"log_metric: step must be an integer, got {type(step).__name__}"
                 ) from None
     v = _number(value)
-    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-        v_json: Any = str(v)
-    else:
-        v_json = v
+    # JSON has no NaN/inf; a diverging loss is still worth recording, as a string
+    v_json: Any = str(v) if isinstance(v, float) and not math.isfinite(v) else v
     record = {"name": name, "value": v_json, "step": step, "time": time.time()}
     path = os.environ.get("PAI_METRICS_FILE")
     if path:
