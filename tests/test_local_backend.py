@@ -396,8 +396,12 @@ async def test_gpu_pool_accounting(monkeypatch, data_dir, store, recorder):
     await none.shutdown()
 
     monkeypatch.setenv("PAI_LAB_GPUS", "0")
+    from pai_lab.gpus import GpuPool
+
+    GpuPool(data_dir).acquire("job:ghost:1", 1)  # its runner is long gone
     b = LocalJobBackend(store=store, report=recorder, data_dir=str(data_dir), warm_pool_size=0)
     try:
+        assert b.gpu_pool.owners() == {}  # released when the backend starts
         assert b.unavailable_reason(gpu_run) is None
         b.gpu_pool.acquire("server:bob", 1)  # a notebook server holds the only GPU
         assert b.wait_reason(gpu_run) == "waiting for a free GPU (0 of 1 free)"

@@ -199,7 +199,22 @@ class LocalJobBackend(JobBackend):
         self._starting: set[tuple[str, int]] = set()
         self._cancel_pending: set[tuple[str, int]] = set()
         self._closed = False
+        self._release_stale_gpus()
         self._refill()
+
+    def _release_stale_gpus(self) -> None:
+        """GPUs held by job attempts whose runner is gone (ended while nobody watched)."""
+
+        def stale(owner: str) -> bool:
+            parts = owner.split(":")
+            if len(parts) != 3 or parts[0] != "job":
+                return False
+            pid = _read_json(self.runs_dir / parts[1] / parts[2] / "pid") or {}
+            return not _pid_alive(int(pid.get("pid") or 0), pid.get("start_time"))
+
+        with contextlib.suppress(OSError, ValueError):
+            if self.gpu_pool.owners():
+                self.gpu_pool.release_where(stale)
 
     # -- environment ---------------------------------------------------------------
     def _base_env(self) -> dict:
