@@ -143,7 +143,7 @@ def start_jupyter_server(
         + repr({**{name: False for name in _OTHER_EXTENSIONS}, **(extensions or {})}),
         *(args or []),
     ]
-    logf = open(log_path, "wb")
+    logf = open(log_path, "ab")  # a restart on the same folder keeps the earlier log
     proc = subprocess.Popen(
         cmd,
         env=full_env,
