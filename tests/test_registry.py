@@ -115,8 +115,14 @@ def test_register_is_audited(cp, v1):
 
 def test_versions_are_immutable_copies(cp, as_user, trained, v1):
     c = as_user("dev")
-    v2 = c.register_model("iris", from_job=trained["id"], description="second")
+    sig = {"inputs": [{"name": "x", "datatype": "fp32", "shape": [-1, 4]}]}
+    v2 = c.register_model("iris", from_job=trained["id"], description="second", signature=sig)
     assert v2["version"] == 2 and v2["description"] == "second"
+    # a given signature is kept as given (normalised), not inferred
+    assert v2["signature"] == {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [],
+    }
     # the job's output may go away; the version keeps its own copy
     src = f"jobs/{trained['id']}/outputs/model.joblib"
     data = c.read_file(src)

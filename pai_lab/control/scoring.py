@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -119,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import fsspec
-    import numpy as np
-    import pandas as pd
 
     import pai_lab.storage.paifs  # noqa: F401  (registers pai://)
 
@@ -135,62 +134,113 @@ def main(argv: list[str] | None = None) -> int:
     n_features = None
     if sig_inputs and len(sig_inputs[0].get("shape", [])) == 2 and sig_inputs[0]["shape"][1] > 0:
         n_features = sig_inputs[0]["shape"][1]
-
-    rows = 0
-    with fsspec.open(args.input, "rb") as f:
-        df = pd.read_csv(f)
-    if args.columns:
-        cols = [c.strip() for c in args.columns.split(",") if c.strip()]
-        missing = [c for c in cols if c not in df.columns]
-        if missing:
-            print(
-                f"error: --columns {missing} not in the input ({list(df.columns)})", file=sys.stderr
-            )
+    # Score into a local temp file and upload only a complete result: a failed job
+    # leaves no half-written output behind.
+    with fsspec.open(args.input, "rb") as fin, tempfile.TemporaryFile() as tmp:
+        rows = score_csv(model, meta, fin, tmp, args, n_features)
+        if rows is None:
             return 2
-    elif getattr(model, "feature_names_in_", None) is not None:
-        cols = [str(c) for c in model.feature_names_in_]
-        missing = [c for c in cols if c not in df.columns]
-        if missing:
-            print(
-                f"error: the model was trained on columns {missing}, not in the input",
-                file=sys.stderr,
-            )
-            return 2
-    else:
-        cols = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
-    if n_features is not None and len(cols) != n_features:
-        print(
-            f"error: the model takes {n_features} features; the input has {len(cols)} "
-            f"numeric columns {cols}: name the features with --columns",
-            file=sys.stderr,
-        )
-        return 2
-    parts = []
-    for start in range(0, len(df), args.chunk_rows):
-        chunk = df.iloc[start : start + args.chunk_rows]
-        x = chunk[cols].to_numpy(dtype=np.float64)
-        out = chunk.copy()
-        if meta.get("framework") == "torch":
-            import torch
-
-            with torch.inference_mode():
-                y = model(torch.from_numpy(x.astype(np.float32))).numpy()
-            out["prediction"] = list(y) if y.ndim > 1 else y
-        else:
-            out["prediction"] = model.predict(x)
-            if args.proba and hasattr(model, "predict_proba"):
-                proba = model.predict_proba(x)
-                for i, c in enumerate(getattr(model, "classes_", range(proba.shape[1]))):
-                    out[f"proba_{c}"] = proba[:, i]
-        parts.append(out)
-        rows += len(chunk)
-    result = pd.concat(parts) if parts else df.assign(prediction=[])
-    with fsspec.open(args.output, "wb") as f:
-        f.write(result.to_csv(index=False).encode())
+        tmp.seek(0)
+        with fsspec.open(args.output, "wb") as fout:
+            shutil.copyfileobj(tmp, fout, 1 << 20)
     secs = time.monotonic() - t0
     print(f"scored {rows} rows in {secs:.2f}s -> {args.output}", flush=True)
     _log_metric("rows_scored", rows)
     return 0
+
+
+def _error(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+
+
+def _numeric(values: list[str]) -> bool:
+    try:
+        for v in values:
+            float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def score_csv(model, meta: dict, fin, fout, args, n_features: int | None) -> int | None:
+    """Stream the CSV in chunks of rows: read, predict, append columns, write.
+
+    The csv module (not pandas) keeps the job's dependencies to what serving needs, and
+    every input value is written back exactly as it was read.
+    """
+    import csv
+    import io
+
+    text_in = io.TextIOWrapper(fin, encoding="utf-8", newline="")
+    text_out = io.TextIOWrapper(fout, encoding="utf-8", newline="")
+    try:
+        return _score_rows(model, meta, csv.reader(text_in), csv.writer(text_out), args, n_features)
+    finally:
+        text_out.flush()
+        text_out.detach()  # the caller owns (and closes) both files
+        text_in.detach()
+
+
+def _score_rows(model, meta: dict, reader, writer, args, n_features: int | None) -> int | None:
+    import itertools
+
+    import numpy as np
+
+    header = next(reader, None)
+    if not header:
+        _error(f"{args.input} is empty (no header row)")
+        return None
+    first = list(itertools.islice(reader, args.chunk_rows))
+    if args.columns:
+        cols = [c.strip() for c in args.columns.split(",") if c.strip()]
+    elif getattr(model, "feature_names_in_", None) is not None:
+        cols = [str(c) for c in model.feature_names_in_]
+    else:
+        cols = [h for i, h in enumerate(header) if _numeric([r[i] for r in first if i < len(r)])]
+    missing = [c for c in cols if c not in header]
+    if missing:
+        _error(f"feature columns {missing} are not in the input's header {header}")
+        return None
+    if n_features is not None and len(cols) != n_features:
+        _error(
+            f"the model takes {n_features} features; the input has {len(cols)} numeric "
+            f"columns {cols}: name the features with --columns"
+        )
+        return None
+    idx = [header.index(c) for c in cols]
+    torch_model = meta.get("framework") == "torch"
+    classes = [str(c) for c in getattr(model, "classes_", [])]
+    proba = args.proba and not torch_model and hasattr(model, "predict_proba")
+    writer.writerow(header + ["prediction"] + ([f"proba_{c}" for c in classes] if proba else []))
+    rows = 0
+    chunk = first
+    line = 2
+    while chunk:
+        try:
+            x = np.array([[float(r[i]) for i in idx] for r in chunk], dtype=np.float64)
+        except (ValueError, IndexError):
+            for n, r in enumerate(chunk):
+                try:
+                    [float(r[i]) for i in idx]
+                except (ValueError, IndexError):
+                    _error(f"line {line + n}: feature values {r} are not all numbers")
+                    return None
+        if torch_model:
+            import torch
+
+            with torch.inference_mode():
+                y = model(torch.from_numpy(x.astype(np.float32))).numpy()
+            preds = [json.dumps(v) if isinstance(v, list) else v for v in y.tolist()]
+            probs = None
+        else:
+            preds = model.predict(x).tolist()
+            probs = model.predict_proba(x).tolist() if proba else None
+        for n, r in enumerate(chunk):
+            writer.writerow(r + [preds[n]] + (probs[n] if probs is not None else []))
+        rows += len(chunk)
+        line += len(chunk)
+        chunk = list(itertools.islice(reader, args.chunk_rows))
+    return rows
 
 
 if __name__ == "__main__":
