@@ -326,6 +326,80 @@ def test_submit_watch_logs_output_and_artifacts(lab, browser, shots, tmp_path):
         detail.get_by_role("tab", name="Parameters").click()
         assert '"iris-browser"' in detail.locator(".pai-KeyValues").last.inner_text()
 
+        # Register the job's model, then promote it through the evaluation gate.
+        detail.get_by_role("tab", name="Logs").click()
+        detail.get_by_role("button", name="Register model").click()
+        form = page.locator(".jp-Dialog .pai-Form")
+        form.wait_for()
+        assert form.locator("input[name=path]").input_value() == "outputs/model.joblib"
+        form.locator("input[name=name]").fill("iris-lab")
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+        page.locator(".Toastify__toast", has_text="Registered iris-lab version 1").wait_for(
+            timeout=60_000
+        )
+        gate = lab.api(
+            "PATCH",
+            "pai/api/v1/workspaces/default/models/iris-lab",
+            json={"gate": "accuracy >= 0.99"},
+        )
+        assert gate.status_code == 200, gate.text
+        page.locator("#pai-lab-sidebar .pai-SectionTabs button[data-section=models]").click()
+        page.locator('#pai-lab-sidebar .pai-ListItem[data-model="iris-lab"]').click()
+        version = page.locator('#pai-lab-sidebar .pai-Version[data-version="1"]')
+        version.wait_for()
+        assert "accuracy=0.9667" in version.inner_text()
+        assert job_id[:12] in version.inner_text()
+        version.get_by_role("button", name="Promote").click()
+        page.locator(".jp-Dialog select[name=alias]").select_option("production")
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+        refused = page.locator("#pai-lab-sidebar .pai-ModelDetail .pai-Error")
+        refused.wait_for(timeout=30_000)
+        assert "Refused by the evaluation gate" in refused.inner_text()
+        assert "accuracy=0.96" in refused.inner_text() and "FAILED" in refused.inner_text()
+        page.screenshot(path=str(shots / "lab-models.png"))
+        lab.api(
+            "PATCH",
+            "pai/api/v1/workspaces/default/models/iris-lab",
+            json={"gate": "accuracy >= 0.9"},
+        ).raise_for_status()
+        version.get_by_role("button", name="Promote").click()
+        page.locator(".jp-Dialog select[name=alias]").select_option("production")
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+        promoted = page.locator("#pai-lab-sidebar .pai-ModelDetail .pai-Success")
+        promoted.wait_for(timeout=30_000)
+        assert "production now points at version 1" in promoted.inner_text()
+        version.locator(".pai-Tag-alias", has_text="production").wait_for()
+        model = lab.api("GET", "pai/api/v1/workspaces/default/models/iris-lab").json()
+        assert model["aliases"] == {"production": 1}
+
+        # Deploy the production alias; the endpoint URL and a curl example are shown.
+        page.locator("#pai-lab-sidebar .pai-ModelDetail").get_by_role(
+            "button", name="Deploy @production"
+        ).click()
+        page.locator(".jp-Dialog input[name=name]").fill("iris-lab-svc")
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+        created = page.locator(".Toastify__toast", has_text="Deployment iris-lab-svc created")
+        created.wait_for(timeout=120_000)
+        assert created.get_by_role("button", name="Copy token").count() == 1
+        page.locator("#pai-lab-sidebar .pai-SectionTabs button[data-section=deployments]").click()
+        page.locator('#pai-lab-sidebar .pai-ListItem[data-deployment="iris-lab-svc"]').click()
+        dep_detail = page.locator(
+            '#pai-lab-sidebar .pai-DeploymentDetail[data-deployment="iris-lab-svc"]'
+        )
+        curl = dep_detail.locator(".pai-CopyText pre")
+        curl.wait_for(timeout=120_000)
+        dep = lab.api("GET", "pai/api/v1/workspaces/default/deployments/iris-lab-svc").json()
+        assert dep["url"] and dep["url"].rstrip("/") in curl.inner_text()
+        assert "/v2/models/iris-lab/infer" in curl.inner_text()
+        assert "Bearer $TOKEN" in curl.inner_text()
+        page.screenshot(path=str(shots / "lab-deployments.png"))
+        lab.api("DELETE", "pai/api/v1/workspaces/default/deployments/iris-lab-svc")
+
+        # Back to the job for its output notebook.
+        page.locator("#pai-lab-sidebar .pai-SectionTabs button[data-section=jobs]").click()
+        page.locator(f'#pai-lab-sidebar .pai-JobItem[data-job-id="{job_id}"]').click()
+        detail.wait_for()
+
         # Open the executed notebook in Lab: copied into the Lab folder and opened.
         detail.get_by_role("button", name="Output notebook").click()
         local = lab.root / "pai-artifacts" / "default" / "jobs" / job_id / "output.ipynb"
