@@ -64,7 +64,9 @@ class PaiBaseHandler(ExtensionHandlerMixin, APIHandler):
         await super().prepare()
         if self._finished:
             return
-        if self.request.method != "OPTIONS" and not self.current_user:
+        if self.request.method == "OPTIONS":  # CORS preflight: answered by APIHandler
+            return
+        if not self.current_user:
             # jupyter_server >= 2.13 lets unauthenticated requests through prepare() unless
             # allow_unauthenticated_access is off; a pai route is never anonymous.
             raise web.HTTPError(403, "authentication required (a Jupyter token or login)")
@@ -145,6 +147,9 @@ class ProxyHandler(PaiBaseHandler):
             raise
 
     async def _prepare_upstream(self) -> None:
+        if self.request.method == "OPTIONS":
+            await super().prepare()
+            return
         if self.ext.max_upload_bytes and self.request.method in ("PUT", "POST", "PATCH"):
             # Bodies stream through (never held in memory): allow the control plane's size.
             self.request.connection.set_max_body_size(self.ext.max_upload_bytes)
