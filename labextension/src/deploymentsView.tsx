@@ -214,7 +214,7 @@ function DeploymentDetail(props: {
               [trans.__('State'), dep.state ?? ''],
               [trans.__('Model'), dep.model ?? ''],
               [trans.__('Backend'), String(dep.backend ?? '')],
-              ...(dep.token_hint ? ([[trans.__('Token'), `${dep.token_hint}…`]] as [string, string][]) : [])
+              ...(dep.token_hint ? ([[trans.__('Token'), String(dep.token_hint)]] as [string, string][]) : [])
             ]}
           />
           {endpoint ? (
