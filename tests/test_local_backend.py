@@ -714,3 +714,15 @@ async def test_killing_one_rank_fails_the_job_clearly(backend, store, recorder):
         line for line in ps.stdout.splitlines() if line.split()[0] == str(run.backend_ref["pgid"])
     ]
     assert not [x for x in left if not x.split()[1].startswith("Z")], left
+
+
+async def test_source_names_cannot_leave_the_work_dir(backend, store, recorder):
+    runs = [
+        await submit(backend, store, {"source": {"script": name, "content": "print('ok here')"}})
+        for name in ("..", "../../evil.py", "sub\\\\..\\\\x.py")
+    ]
+    for run in runs:
+        assert await backend.wait(run, WAIT)
+        assert recorder.last(run.id) == "succeeded", recorder.last(run.id, key="exit_reason")
+        work = Path(run.backend_ref["run_dir"]) / "work"
+        assert [p.name for p in work.iterdir()] in (["input.py"], ["evil.py"], ["x.py"])

@@ -431,9 +431,9 @@ class Runner:
         target = None
         if "notebook" in source or "script" in source:
             kind = "notebook" if "notebook" in source else "script"
-            name = os.path.basename(source[kind]) or (
-                "input.ipynb" if kind == "notebook" else "input.py"
-            )
+            name = os.path.basename(source[kind].replace("\\", "/"))
+            if name in ("", ".", ".."):
+                name = "input.ipynb" if kind == "notebook" else "input.py"
             if kind == "notebook" and not name.endswith(".ipynb"):
                 name += ".ipynb"
             target = self.work / name
@@ -799,7 +799,9 @@ class Runner:
         source = self.spec.get("source") or {}
         for kind in ("notebook", "script"):
             if kind in source:
-                name = os.path.basename(source[kind])
+                name = os.path.basename(source[kind].replace("\\", "/"))
+                if name in ("", ".", ".."):
+                    name = "input.ipynb" if kind == "notebook" else "input.py"
                 if kind == "notebook" and not name.endswith(".ipynb"):
                     name += ".ipynb"
                 return self.work / name
