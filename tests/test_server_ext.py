@@ -143,6 +143,28 @@ def test_identity_profiles_workspaces_and_query_strings(server):
     assert r.status_code == 200 and set(r.json()) >= {"jobs", "total"}
 
 
+def test_json_writes_pass_through_every_method(server):
+    """POST/PATCH/PUT/DELETE with JSON bodies and their status codes, through the proxy."""
+    r = server.request("POST", "pai/api/v1/workspaces", json={"name": "proxy-ws"})
+    assert r.status_code == 201, r.text
+    r = server.request("POST", "pai/api/v1/workspaces", json={"name": "proxy-ws"})
+    assert r.status_code == 409 and err(r)["code"] == "conflict"
+    r = server.request("PATCH", "pai/api/v1/workspaces/proxy-ws", json={"description": "via proxy"})
+    assert r.status_code == 200 and r.json()["description"] == "via proxy"
+    r = server.request(
+        "PUT", "pai/api/v1/workspaces/proxy-ws/members/carol", json={"role": "viewer"}
+    )
+    assert r.status_code in (200, 201), r.text
+    members = server.get("pai/api/v1/workspaces/proxy-ws/members").json()["members"]
+    assert {"carol": "viewer"}.items() <= {m["user"]: m["role"] for m in members}.items()
+    r = server.request("DELETE", "pai/api/v1/workspaces/proxy-ws/members/carol")
+    assert r.status_code in (200, 204), r.text
+    names = [w["name"] for w in server.get("pai/api/v1/workspaces").json()["workspaces"]]
+    assert "proxy-ws" in names
+    audit = server.get("pai/api/v1/workspaces/proxy-ws/audit").json()
+    assert any(e.get("action") == "set_member" for e in audit.get("events", audit.get("items", [])))
+
+
 def test_files_roundtrip_streams_large_binary_both_ways(server):
     blob = os.urandom(3 * 2**20 + 17)
 
