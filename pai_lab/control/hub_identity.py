@@ -31,6 +31,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.web import HTTPError, RequestHandler
 from traitlets import Integer
 
+from ..errors import BackendUnavailable
 from .auth import JOB_TOKEN_PREFIX, USER_TOKEN_PREFIX, bearer_token, lookup_token
 from .db import hash_token
 from .identity import Identity, IdentityProvider
@@ -128,12 +129,12 @@ class HubIdentityProvider(IdentityProvider):
                 return own
         try:
             model = await self.hub_auth.get_user(handler, sync=False)
-        except HTTPError as e:
-            self.log.warning("hub authentication failed: %s", e)
-            return None
-        except Exception as e:  # hub unreachable: 401, and say so in our log
-            self.log.error("cannot reach the hub to identify a caller: %s", e)
-            return None
+        except Exception as e:
+            # Hub down or answering 5xx: not the caller's fault, so 503 rather than 401.
+            self.log.error("cannot ask the hub who is calling: %s", e)
+            raise BackendUnavailable(
+                "cannot reach JupyterHub to check your credentials; try again shortly"
+            ) from None
         if not model:
             return None
         cookie_auth = not getattr(handler, "_token_authenticated", False)
