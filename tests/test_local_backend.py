@@ -726,3 +726,23 @@ async def test_source_names_cannot_leave_the_work_dir(backend, store, recorder):
         assert recorder.last(run.id) == "succeeded", recorder.last(run.id, key="exit_reason")
         work = Path(run.backend_ref["run_dir"]) / "work"
         assert [p.name for p in work.iterdir()] in (["input.py"], ["evil.py"], ["x.py"])
+
+
+async def test_warm_runner_whose_kernel_died_starts_a_new_one(data_dir, store, recorder):
+    b = LocalJobBackend(store=store, report=recorder, data_dir=str(data_dir), warm_pool_size=1)
+    try:
+        for _ in range(WAIT * 10):  # the idle warm runner said "ready"
+            if b._warm[0].poll_ready():
+                break
+            await asyncio.sleep(0.1)
+        (kernel,) = _kernels_under(data_dir)
+        os.kill(kernel, signal.SIGKILL)
+        body = {"source": {"notebook": "k.ipynb", "content": make_notebook("print(6 * 7)")}}
+        run = await submit(b, store, body)
+        assert run.backend_ref["warm"] is True
+        assert await b.wait(run, WAIT)
+        assert recorder.last(run.id) == "succeeded", recorder.last(run.id, key="exit_reason")
+        logs = read_store(store, run.id, "logs.txt").decode()
+        assert "42" in logs and "starting a new one" in logs
+    finally:
+        await b.shutdown()

@@ -94,6 +94,17 @@ def proc_start_time(pid: int) -> int | None:
         return None
 
 
+def pid_running(pid: int | None) -> bool:
+    """``pid`` exists and is not a zombie."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 class LogSink:
     """Thread-safe appender to ``logs.txt`` (optionally prefixing every line)."""
 
@@ -529,6 +540,10 @@ class Runner:
         kernel_name = resolve_kernel_name(nb_path, self.job.get("kernel_name") or "python3")
         env = self.job_env()
         worker = self.warm
+        if worker is not None and worker.ready.is_set() and not pid_running(worker.kernel_pid):
+            self.logs.line("the pre-started kernel had died; starting a new one")
+            worker.stop(0.5)
+            worker = None
         if worker is not None and worker.kernel_name != kernel_name:
             worker.stop(0.5)
             worker = None
