@@ -302,7 +302,7 @@ def test_two_workers_share_the_port_and_metrics(tmp_path, iris):
         for _ in range(6):
             text = http("GET", url + "/metrics")[1]
             counts.add(metric(text, "pai_serving_requests_total", 'code="200"'))
-        assert counts == {20.0}
+        assert counts == {20.0}, (counts, text)
         import subprocess
 
         kids = subprocess.run(

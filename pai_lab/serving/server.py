@@ -285,9 +285,11 @@ class InferHandler(BaseHandler):
             if model is not None:
                 model.count(500)
             return self.send_json_error(500, "inference failed; see the server log")
-        self.finish(payload)
+        # count before answering: with several workers a client's next scrape may reach
+        # another process before this one would get to run the lines after finish()
         model.count(200)
         model.latency.observe(time.perf_counter() - self._t0)
+        self.finish(payload)
 
 
 class MetricsHandler(BaseHandler):
