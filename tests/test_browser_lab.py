@@ -449,6 +449,22 @@ def test_submit_watch_logs_output_and_artifacts(lab, browser, shots, tmp_path):
         uploaded.wait_for(timeout=30_000)
         got = lab.api("GET", "pai/api/v1/workspaces/default/files/upload.bin")
         assert got.content == payload
+        # Drag and drop a file onto the panel: uploaded into the folder shown.
+        data_transfer = page.evaluate_handle(
+            """() => {
+              const dt = new DataTransfer();
+              dt.items.add(new File(['a,b\\n1,2\\n'], 'dropped.csv', {type: 'text/csv'}));
+              return dt;
+            }"""
+        )
+        artifacts = page.locator("#pai-lab-sidebar .pai-Artifacts")
+        artifacts.dispatch_event("dragover", {"dataTransfer": data_transfer})
+        artifacts.dispatch_event("drop", {"dataTransfer": data_transfer})
+        page.locator('#pai-lab-sidebar .pai-FileRow[data-path="dropped.csv"]').wait_for(
+            timeout=30_000
+        )
+        dropped = lab.api("GET", "pai/api/v1/workspaces/default/files/dropped.csv")
+        assert dropped.content == b"a,b\n1,2\n"
         uploaded.get_by_role("button", name="Delete upload.bin").click()
         page.locator(".jp-Dialog .jp-mod-warn").click()
         uploaded.wait_for(state="detached", timeout=30_000)
