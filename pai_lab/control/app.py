@@ -26,6 +26,7 @@ from ..storage import ArtifactStore
 from .audit import AuditLog
 from .auth import TokenIdentityProvider, load_or_create_admin_token
 from .db import Database
+from .deployments import DeploymentService
 from .handlers import files, jobs, meta, workspaces
 from .handlers.base import NotFoundHandler
 from .identity import IdentityProvider
@@ -50,7 +51,7 @@ class PaiControl(Application):
     description = "The pai-lab control plane: workspaces, jobs, artifacts, models, deployments."
     version = __version__
 
-    classes = [Profiles, ArtifactStore, TokenIdentityProvider]
+    classes = [Profiles, ArtifactStore, TokenIdentityProvider, DeploymentService]
 
     aliases = {
         "ip": "PaiControl.ip",
@@ -176,6 +177,10 @@ class PaiControl(Application):
         )
         self.http_server.add_sockets(sockets)
         await self.scheduler.reconcile()
+        from .handlers import registry
+
+        # Re-attach deployments now rather than on the first deployment API call.
+        self._deployments_ready = asyncio.ensure_future(registry.on_start(self))
         self.log.info("pai-lab control plane %s listening on %s", __version__, self.url)
 
     def _lock_data_dir(self) -> None:
@@ -218,11 +223,9 @@ class PaiControl(Application):
         return routes
 
     def extra_routes(self, api: str, ws: str) -> list:
-        """Routes of later components (registry, deployments) hook in here."""
-        try:
-            from .handlers import registry
-        except ImportError:
-            return []
+        """Routes of the model registry and deployments."""
+        from .handlers import registry
+
         return registry.routes(api, ws)
 
     def kick(self) -> None:
