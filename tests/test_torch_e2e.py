@@ -112,10 +112,20 @@ def test_retry_resumes_from_the_checkpoint(shared_control, jobs):
     job = finished(shared_control, jobs["resume"])
     assert_succeeded(shared_control, job)
     assert job["attempt"] == 2
+    # attempt 1 (its run dir keeps logs.txt and result.json) stopped after epoch 2
+    first = shared_control.data_dir / "runs" / jobs["resume"] / "1"
+    result = json.loads((first / "result.json").read_text())
+    assert result["state"] == "failed"
+    assert "simulated preemption after epoch 2 (attempt 1)" in result["exit_reason"], result
+    first_log = (first / "logs.txt").read_text()
+    assert "[rank 0] epoch 2: loss" in first_log and "epoch 3: loss" not in first_log
     text = logs(shared_control, jobs["resume"])
-    # attempt 2's log: it resumed after the last checkpointed epoch and never re-ran 0..2
-    second = text[text.rindex("attempt 2") :] if "attempt 2" in text else text
-    assert "resumed from checkpoint at epoch 2" in second, text[-3000:]
+    # attempt 2's log: both ranks resumed after the last checkpointed epoch (a rank that
+    # started over would desynchronise DDP) and epochs 0..2 were not trained again
+    assert "attempt 2 on" in text, text[-3000:]
+    second = text[text.index("attempt 2 on") :]
+    assert "[rank 0] resumed from checkpoint at epoch 2" in second, second[-3000:]
+    assert "[rank 1] resumed from checkpoint at epoch 2" in second, second[-3000:]
     assert not re.search(r"\] epoch [012]: loss", second), second
     for epoch in range(3, EPOCHS):
         assert f"[rank 0] epoch {epoch}: loss" in second
