@@ -30,7 +30,9 @@ def load_ipython_extension(ipython):
 
 
 def _jupyter_server_extension_points():
-    return [{"module": "pai_lab.server"}]
+    from .server import _jupyter_server_extension_points as points
+
+    return points()
 
 
 def _jupyter_labextension_paths():

@@ -143,6 +143,7 @@ class Workspaces:
                 raise Conflict(f"workspace {name!r} already exists")
             w = Workspace(name=name, description=desc, created_by=ident.name, **quotas)
             s.add(w)
+            s.flush()  # the membership's foreign key needs the workspace row first
             if not ident.admin or ident.kind == "user":
                 s.add(Membership(workspace=name, user=ident.name, role="admin"))
             s.flush()
