@@ -7,7 +7,10 @@ import { AddressInfo } from 'net';
 
 import { ServerConnection } from '@jupyterlab/services';
 
+import { nullTranslator } from '@jupyterlab/translation';
+
 import { errorFromResponse, normalizeMe, PaiApi, PaiApiError, xsrfToken } from '../api';
+import { PaiModel } from '../model';
 
 interface ISeen {
   method: string;
@@ -296,5 +299,51 @@ describe('error mapping helpers', () => {
       { name: 'x' },
       { workspace: 'y', role: 'admin', name: 'y' }
     ]);
+  });
+});
+
+describe('PaiModel', () => {
+  it('loads identity, honours the default workspace setting and keeps a valid choice', async () => {
+    const model = new PaiModel(client(), nullTranslator.load('pai_lab'));
+    let changes = 0;
+    model.changed.connect(() => changes++);
+    model.settings = { defaultWorkspace: 'team b', refreshInterval: 5 };
+    await model.refresh();
+    expect(model.error).toBe('');
+    expect(model.workspaces).toEqual(['team-a', 'team b']);
+    expect(model.workspace).toBe('team b');
+    expect(model.role).toBe('viewer');
+    model.workspace = 'team-a';
+    await model.refresh();
+    expect(model.workspace).toBe('team-a');
+    expect(changes).toBeGreaterThan(2);
+    const profiles = await model.profiles();
+    expect(profiles.map(p => p.slug)).toEqual(['cpu-small']);
+  });
+
+  it('keeps a navigation target until the section view takes it, once', () => {
+    const model = new PaiModel(client(), nullTranslator.load('pai_lab'));
+    const seen: string[] = [];
+    model.navigate.connect((_, nav) => seen.push(`${nav.section}:${nav.target}`));
+    model.show('artifacts', 'jobs/j1/outputs');
+    expect(model.section).toBe('artifacts');
+    expect(seen).toEqual(['artifacts:jobs/j1/outputs']);
+    expect(model.takeTarget('artifacts')).toBe('jobs/j1/outputs');
+    expect(model.takeTarget('artifacts')).toBeUndefined();
+    expect(model.takeTarget('jobs')).toBeUndefined();
+  });
+
+  it('reports an unreachable service as an error, not an exception', async () => {
+    const closed = http.createServer();
+    await new Promise<void>(resolve => closed.listen(0, '127.0.0.1', resolve));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise(resolve => closed.close(resolve));
+    const api = new PaiApi(ServerConnection.makeSettings({ baseUrl: `http://127.0.0.1:${port}/`, wsUrl: 'ws://x/' }));
+    const model = new PaiModel(api, nullTranslator.load('pai_lab'));
+    await model.refresh();
+    expect(model.error).toMatch(/Cannot reach the Jupyter server/);
+    expect(model.me).toBeNull();
+    expect(model.workspace).toBe('');
+    expect(model.loading).toBe(false);
   });
 });
