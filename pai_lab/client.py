@@ -228,7 +228,7 @@ class PaiClient(RegistryClientMixin):
         workspace: str | None = None,
         on_update: Callable[[dict], None] | None = None,
         poll: float = 0.1,
-        max_poll: float = 2.0,
+        max_poll: float = 0.5,
     ) -> dict:
         """Block until the job ends; ``on_update`` sees every state change."""
         last = None

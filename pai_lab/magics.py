@@ -62,6 +62,7 @@ class _State:
     def __init__(self) -> None:
         self._client = None
         self.me: dict | None = None
+        self.deploy_tokens: dict[str, str] = {}  # from %pai deploy, for %pai predict
 
     @property
     def client(self):
@@ -780,6 +781,75 @@ def cmd_workspace(args: argparse.Namespace) -> Any:
     return None
 
 
+def cmd_register(args: argparse.Namespace) -> Any:
+    """Register a model version from a job's output (or any workspace file)."""
+    client = STATE.client
+    if bool(args.from_job) == bool(args.artifact):
+        raise PaiMagicError("register: give --from-job JOB_ID --path PATH, or --artifact PATH")
+    kwargs: dict[str, Any] = {"framework": args.framework, "workspace": args.workspace}
+    if args.from_job:
+        kwargs.update(from_job=args.from_job, path=args.path)
+    else:
+        kwargs["artifact"] = _pai_path(args.artifact) or args.artifact
+    if args.description:
+        kwargs["description"] = args.description
+    v = _ensure(lambda: client.register_model(args.name, **kwargs))
+    metrics = ", ".join(f"{k}={_fmt_value(x)}" for k, x in (v.get("metrics") or {}).items())
+    print(
+        f"registered {args.name} version {v['version']} ({v.get('framework')})"
+        + (f": {metrics}" if metrics else "")
+    )
+    return None
+
+
+def cmd_deploy(args: argparse.Namespace) -> Any:
+    """Deploy a model version to an HTTP endpoint (Open Inference Protocol V2)."""
+    client = STATE.client
+    d = _ensure(
+        lambda: client.create_deployment(
+            args.name, args.model, replicas=args.replicas, workspace=args.workspace
+        )
+    )
+    if d.get("token"):
+        STATE.deploy_tokens[args.name] = d["token"]
+    print(f"deployment {d['name']}: {d.get('state')} at {d.get('url')}")
+    if d.get("token"):
+        print(f"token (shown once; kept in this kernel for %pai predict): {d['token']}")
+    return None
+
+
+def cmd_predict(args: argparse.Namespace) -> Any:
+    """Send rows to a deployment and show the predictions."""
+    client = STATE.client
+    if args.data is not None:
+        try:
+            rows = json.loads(args.data)
+        except ValueError as e:
+            raise PaiMagicError(f"predict: --data is not JSON ({e})") from None
+    elif args.var is not None:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+        if ip is None or args.var not in ip.user_ns:
+            raise PaiMagicError(f"predict: no variable {args.var!r} in this notebook")
+        rows = ip.user_ns[args.var]
+    else:
+        raise PaiMagicError("predict: give --data '[[...], ...]' or --var NAME")
+    token = args.token or STATE.deploy_tokens.get(args.deployment)
+    if not token:
+        raise PaiMagicError(
+            f"predict: no token for {args.deployment!r} in this kernel; pass --token (it was "
+            "shown when the deployment was created)"
+        )
+    d = _ensure(lambda: client.get_deployment(args.deployment, workspace=args.workspace))
+    variants = d.get("variants") or [{}]
+    model = args.model or variants[0].get("model") or args.deployment
+    res = _ensure(lambda: client.predict(d["url"], rows, token=token, model=model))
+    for out in res.get("outputs", []):
+        print(f"{out['name']} {out.get('shape')}: {out.get('data')}")
+    return None
+
+
 def cmd_help(args: argparse.Namespace) -> Any:
     print(build_parser().format_help())
     return None
@@ -796,7 +866,10 @@ def build_parser() -> _Parser:
         "  %pai jobs\n"
         "  %pai logs JOB_ID --follow\n"
         "  %pai cp model.joblib pai://models/scratch/model.joblib\n"
-        "  %pai workspace team-a",
+        "  %pai workspace team-a\n"
+        "  %pai register iris --from-job JOB_ID --path outputs/model.joblib\n"
+        "  %pai deploy iris-svc --model iris@production\n"
+        "  %pai predict iris-svc --data '[[5.1, 3.5, 1.4, 0.2]]'",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -892,6 +965,30 @@ def build_parser() -> _Parser:
 
     p = add("workspace", cmd_workspace, "Show workspaces, or switch the current one.", ws=False)
     p.add_argument("name", nargs="?", metavar="NAME")
+
+    p = add("register", cmd_register, "Register a model version (from a job's output).")
+    p.add_argument("name", metavar="NAME", help="model name, e.g. iris")
+    p.add_argument("--from-job", metavar="JOB_ID", help="job whose output holds the model")
+    p.add_argument(
+        "--path",
+        default="outputs/model.joblib",
+        help="path inside jobs/<id>/ (default outputs/model.joblib)",
+    )
+    p.add_argument("--artifact", metavar="PATH", help="or: a workspace file (pai:// optional)")
+    p.add_argument("--framework", choices=["sklearn", "torch"], help="default: from the file name")
+    p.add_argument("--description", help="free text")
+
+    p = add("deploy", cmd_deploy, "Deploy a model to an HTTP endpoint (V2 inference).")
+    p.add_argument("name", metavar="NAME", help="deployment name, e.g. iris-svc")
+    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME:VERSION or NAME")
+    p.add_argument("--replicas", type=int, default=1, help="model-server replicas (default 1)")
+
+    p = add("predict", cmd_predict, "Send rows to a deployment and print the predictions.")
+    p.add_argument("deployment", metavar="DEPLOYMENT")
+    p.add_argument("--data", metavar="JSON", help="rows as JSON, e.g. '[[5.1, 3.5, 1.4, 0.2]]'")
+    p.add_argument("--var", metavar="NAME", help="a 2-D array/list variable of this notebook")
+    p.add_argument("--model", help="model name at the endpoint (default: the deployment's)")
+    p.add_argument("--token", help="the deployment's token (default: from %%pai deploy)")
 
     add("help", cmd_help, "Show this help.", ws=False)
     return parser

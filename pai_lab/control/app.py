@@ -141,6 +141,10 @@ class PaiControl(Application):
         db_url = self.db_url or f"sqlite:///{Path(self.data_dir) / 'pai-lab.sqlite'}"
         self.db = Database(db_url)
         await loop.run_in_executor(None, self.db.upgrade)
+        # Pay nbformat's import once, off the loop, not on the first submission.
+        from ..jobs.spec import _nbformat
+
+        loop.run_in_executor(None, _nbformat)
         self.admin_token = load_or_create_admin_token(self.data_dir, self.token)
         self.profiles = Profiles(parent=self)
         self.store = ArtifactStore(parent=self, data_dir=self.data_dir)

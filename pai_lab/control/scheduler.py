@@ -302,6 +302,11 @@ class Scheduler:
         self._notify(run.id)
         try:
             ref = await self.backend.start(run)
+        except BackendUnavailable as e:
+            # Lost a race for a resource (a GPU taken since wait_reason said yes): wait again.
+            self.log.info("job %s could not start yet: %s", run.id, e.message)
+            await self._requeue(run, e.message)
+            return
         except Exception as e:
             self.log.exception("backend failed to start job %s", run.id)
             await self.on_report(
@@ -310,6 +315,20 @@ class Scheduler:
             return
         if ref:
             await self._update(run.id, run.attempt, backend_ref=ref, _only_active=True)
+
+    async def _requeue(self, run: JobRun, reason: str) -> None:
+        def f(s):
+            j = s.get(Job, run.id)
+            if j is None or j.attempt != run.attempt or j.state != S.STARTING:
+                return
+            j.state = S.QUEUED
+            j.started_at = None
+            j.wait_reason = reason
+            for t in s.scalars(select(ApiToken).where(ApiToken.job_id == j.id)):
+                s.delete(t)
+
+        await self.db.run(f)
+        self._notify(run.id)
 
     # ---- reports from backends -----------------------------------------------------
     async def _update(

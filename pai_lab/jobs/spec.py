@@ -67,7 +67,9 @@ def parse_duration(value: Any, field_name: str = "max_runtime") -> int | None:
             )
         seconds = float(m.group(1)) * _UNITS[(m.group(2) or "s").lower() if m.group(2) else None]
     else:
-        raise BadRequest(f"{field_name}: expected seconds or a duration, got {type(value).__name__}")
+        raise BadRequest(
+            f"{field_name}: expected seconds or a duration, got {type(value).__name__}"
+        )
     if seconds <= 0:
         raise BadRequest(f"{field_name}: must be positive, got {value!r}")
     return int(round(seconds))
@@ -146,9 +148,21 @@ def _check_relpath(path: Any, field_name: str) -> str:
     return path
 
 
+def _nbformat():
+    """nbformat, imported without jsonschema's optional ``rfc3987_syntax`` format checker:
+    beside jupyter_server it builds a grammar at import and costs ~1.5 s, for a URI
+    format check notebooks never need (see FIELD-NOTES)."""
+    import sys
+
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+    import nbformat
+
+    return nbformat
+
+
 def validate_notebook(content: Any, field_name: str = "source.content") -> dict:
     """Check that ``content`` is a valid nbformat v4 notebook (dict or JSON text)."""
-    import nbformat  # imported here: the control plane's hot paths don't need it
+    nbformat = _nbformat()
 
     if isinstance(content, (str, bytes)):
         try:
@@ -181,7 +195,9 @@ def parse_job_spec(body: Any, *, check_content: bool = True) -> tuple[JobSpec, d
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
     if "source" not in body:
-        raise BadRequest("source: missing (give {notebook, content}, {script, content} or {command})")
+        raise BadRequest(
+            "source: missing (give {notebook, content}, {script, content} or {command})"
+        )
     source = _expect(body["source"], dict, "source", "an object")
     kinds = [k for k in ("notebook", "script", "command") if k in source]
     if len(kinds) != 1:
