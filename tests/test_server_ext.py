@@ -573,7 +573,6 @@ def test_under_the_hub_a_users_server_submits_with_its_hub_token_and_others_cann
     bob_s = hub.signup_and_approve("bob", HUB_PASSWORD)
     bob = hub.token_for(bob_s, "bob")
     # The platform operator (control-plane admin token) sets up a team workspace for alice.
-    # (Creating it as the hub admin user currently fails in the control plane: see report.)
     admin = {"Authorization": f"token {(hub.data_dir / 'admin-token').read_text().strip()}"}
     cp = f"{hub.url}/services/pai/api/v1"
     r = requests.post(f"{cp}/workspaces", json={"name": "team-a"}, headers=admin, timeout=60)
@@ -611,7 +610,7 @@ def test_under_the_hub_a_users_server_submits_with_its_hub_token_and_others_cann
                             "metadata": {},
                             "execution_count": None,
                             "outputs": [],
-                            "source": "print('hello from the hub')",
+                            "source": "import time\ntime.sleep(6)\nprint('hello from the hub')",
                         }
                     ],
                 }
@@ -647,6 +646,23 @@ def test_under_the_hub_a_users_server_submits_with_its_hub_token_and_others_cann
             assert "bob" in r.json()["error"]["message"]
         listed = requests.get(f"{cp}/workspaces/default/jobs", headers=bh, timeout=60).json()
         assert job["id"] not in [j["id"] for j in listed["jobs"]]
-        requests.post(user_url + f"pai/api/v1/{jurl}/cancel", headers=ah, timeout=60)
+        # The job belongs to the control plane, not to alice's server: stopping the server
+        # (as the culler would) leaves it running to the end.
+        assert requests.get(f"{cp}/{jurl}", headers=ah, timeout=60).json()["state"] not in (
+            "succeeded",
+            "failed",
+        )
+        hub.stop_server("alice")
+        hub.wait_stopped("alice")
+        deadline = time.monotonic() + 240
+        state = None
+        while time.monotonic() < deadline:
+            state = requests.get(f"{cp}/{jurl}", headers=ah, timeout=60).json()["state"]
+            if state in ("succeeded", "failed", "cancelled", "timed_out", "lost"):
+                break
+            time.sleep(0.5)
+        assert state == "succeeded"
+        logs = requests.get(f"{cp}/{jurl}/logs", headers=ah, timeout=60).text
+        assert "hello from the hub" in logs
     finally:
         hub.stop_server("alice")
