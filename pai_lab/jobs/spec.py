@@ -35,7 +35,7 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$", re
 _MEMORY_RE = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
 _UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
 
-_SPEC_FIELDS = {
+SPEC_FIELDS = {  # every field a submission may carry
     "name",
     "source",
     "parameters",
@@ -191,7 +191,7 @@ def parse_job_spec(body: Any, *, check_content: bool = True) -> tuple[JobSpec, d
     relative path.
     """
     _expect(body, dict, "body", "a JSON object")
-    unknown = sorted(set(body) - _SPEC_FIELDS)
+    unknown = sorted(set(body) - SPEC_FIELDS)
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
     if "source" not in body:

@@ -21,6 +21,7 @@ from tornado import web
 from tornado.httputil import HTTPHeaders
 
 from ..errors import BackendUnavailable, BadRequest, NotFound, PaiError
+from ..jobs.spec import SPEC_FIELDS
 from .proxy import RESPONSE_DROP, Upstream, UpstreamUnavailable, forward_request_headers
 
 _CODES = {
@@ -36,18 +37,7 @@ _CODES = {
 }
 
 # Fields of a job spec that /pai/api/notebook-jobs passes on unchanged.
-_SPEC_PASSTHROUGH = (
-    "name",
-    "parameters",
-    "profile",
-    "resources",
-    "workers",
-    "max_runtime",
-    "retries",
-    "env",
-    "outputs",
-    "idempotency_key",
-)
+_SPEC_PASSTHROUGH = tuple(sorted(SPEC_FIELDS - {"source", "files"}))
 MAX_SIBLING_FILES = 1000
 
 

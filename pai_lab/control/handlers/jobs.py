@@ -81,35 +81,32 @@ class JobLogsHandler(BaseHandler):
 
     async def _send_available(self, job: dict, offset: int, terminal: bool) -> int:
         """Write what exists past ``offset``: live from the backend, else the stored copy."""
-        chunks = None
         if not terminal:
-            run = await self.control.scheduler.run_of(job["id"])
-            chunks = await self.control.scheduler.backend.live_logs(run, offset)
-        if chunks is not None:
-            async for chunk in chunks:
-                self.write(chunk)
-                offset += len(chunk)
-                await self.flush()
-            return offset
-        if job["state"] in (S.QUEUED,) and not terminal:
-            return offset
+            sent = await self._send_live(job, offset)
+            if sent is not None or job["state"] == S.QUEUED:
+                return offset if sent is None else sent
         wstore = self.control.store.workspace(job["workspace"])
-        path = f"jobs/{job['id']}/logs.txt"
         try:
-            data = await wstore.read_bytes(path)
+            data = await wstore.read_bytes(f"jobs/{job['id']}/logs.txt")
         except NotFound:
-            # A terminal job may have failed before the runner wrote logs; fall back to
-            # the backend's local copy if it still has one.
-            run = await self.control.scheduler.run_of(job["id"])
-            chunks = await self.control.scheduler.backend.live_logs(run, offset)
-            if chunks is not None:
-                async for chunk in chunks:
-                    self.write(chunk)
-                    offset += len(chunk)
-                await self.flush()
-            return offset
+            # A job may end before its runner stored any log: use the backend's local
+            # copy if it still has one.
+            sent = await self._send_live(job, offset)
+            return offset if sent is None else sent
         if len(data) > offset:
             self.write(data[offset:])
             await self.flush()
             offset = len(data)
+        return offset
+
+    async def _send_live(self, job: dict, offset: int) -> int | None:
+        """Stream the backend's live log from ``offset``; None if it has no live copy."""
+        run = await self.control.scheduler.run_of(job["id"])
+        chunks = await self.control.scheduler.backend.live_logs(run, offset)
+        if chunks is None:
+            return None
+        async for chunk in chunks:
+            self.write(chunk)
+            offset += len(chunk)
+            await self.flush()
         return offset
