@@ -201,7 +201,9 @@ async def test_max_runtime_times_out(backend, store, recorder):
     assert await backend.wait(run, WAIT)
     assert recorder.last(run.id) == "timed_out"
     assert "max_runtime" in recorder.last(run.id, key="exit_reason")
-    assert "woke up" not in read_store(store, run.id, "logs.txt").decode()
+    # The cell never printed (its source may appear in the interrupt's traceback).
+    lines = [ln.strip() for ln in read_store(store, run.id, "logs.txt").decode().splitlines()]
+    assert "woke up" not in lines
     assert read_store(store, run.id, "output.ipynb")
     assert not _alive(run.backend_ref["pid"])
 
@@ -216,7 +218,9 @@ async def test_cancel_stops_the_process_group_and_kernel(backend, store, recorde
     await backend.cancel(run)
     assert await backend.wait(run, WAIT)
     assert recorder.last(run.id) == "cancelled"
-    assert "woke up" not in read_store(store, run.id, "logs.txt").decode()
+    # The cell never printed (its source may appear in the interrupt's traceback).
+    lines = [ln.strip() for ln in read_store(store, run.id, "logs.txt").decode().splitlines()]
+    assert "woke up" not in lines
     assert read_store(store, run.id, "output.ipynb")
     assert not _alive(run.backend_ref["pid"])
     assert not _kernels_under(data_dir)
