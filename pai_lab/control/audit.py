@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
-from .db import AuditEvent, iso
+from .db import AuditEvent, iso, page
 
 
 def event_dict(e: AuditEvent) -> dict:
@@ -69,19 +67,17 @@ class AuditLog:
         actor: str | None = None,
     ) -> tuple[list[dict], int]:
         def q(s):
-            from sqlalchemy import func
-
-            stmt = select(AuditEvent)
-            if workspace is not None:
-                stmt = stmt.where(AuditEvent.workspace == workspace)
-            if action:
-                stmt = stmt.where(AuditEvent.action == action)
-            if outcome:
-                stmt = stmt.where(AuditEvent.outcome == outcome)
-            if actor:
-                stmt = stmt.where(AuditEvent.actor == actor)
-            total = s.scalar(select(func.count()).select_from(stmt.subquery()))
-            rows = s.scalars(stmt.order_by(AuditEvent.id.desc()).limit(limit).offset(offset))
+            rows, total = page(
+                s,
+                AuditEvent,
+                AuditEvent.id.desc(),
+                limit,
+                offset,
+                workspace=workspace,
+                action=action,
+                outcome=outcome,
+                actor=actor,
+            )
             return [event_dict(e) for e in rows], total
 
         return await self.db.run(q)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     inspect,
     select,
     text,
@@ -176,6 +177,19 @@ class Deployment(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(255), default="")
+
+
+def page(
+    s: Session, model: type, order_by: Any, limit: int, offset: int, **equals: Any
+) -> tuple[list, int]:
+    """One page of ``model`` rows whose columns equal ``equals`` (None/"" means any
+    value), newest-first or however ``order_by`` says, and the total that matched."""
+    stmt = select(model)
+    for column, value in equals.items():
+        if value is not None and value != "":
+            stmt = stmt.where(getattr(model, column) == value)
+    total = s.scalar(select(func.count()).select_from(stmt.subquery()))
+    return list(s.scalars(stmt.order_by(order_by).limit(limit).offset(offset))), total
 
 
 # Migrations: (target version, list of SQL statements) applied in order to older schemas.

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from ..errors import BackendUnavailable, BadRequest, Conflict, NotFound, QuotaExceeded
 from ..jobs import spec as S
 from ..jobs.base import JobRun
-from .db import ApiToken, Job, Workspace, hash_token, iso, new_id, utcnow
+from .db import ApiToken, Job, Workspace, hash_token, iso, new_id, page, utcnow
 from .identity import Identity
 
 _UPDATABLE = {"state", "exit_reason", "metrics", "environment", "backend_ref"}
@@ -418,15 +418,17 @@ class Scheduler:
             raise BadRequest(f"state: {state!r} is not one of {', '.join(S.STATES)}")
 
         def f(s):
-            stmt = select(Job).where(Job.workspace == ws)
-            if owner:
-                stmt = stmt.where(Job.owner == owner)
-            if state:
-                stmt = stmt.where(Job.state == state)
-            if name:
-                stmt = stmt.where(Job.name == name)
-            total = s.scalar(select(func.count()).select_from(stmt.subquery()))
-            rows = s.scalars(stmt.order_by(Job.seq.desc()).limit(limit).offset(offset))
+            rows, total = page(
+                s,
+                Job,
+                Job.seq.desc(),
+                limit,
+                offset,
+                workspace=ws,
+                owner=owner,
+                state=state,
+                name=name,
+            )
             return [job_dict(j) for j in rows], total
 
         return await self.db.run(f)
