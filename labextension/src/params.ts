@@ -182,28 +182,8 @@ export function parsePythonLiteral(text: string): unknown {
   return value;
 }
 
-/** Drop a trailing `# comment` that is not inside a string. */
-function stripComment(line: string): string {
-  let quote: string | null = null;
-  for (let i = 0; i < line.length; i++) {
-    const ch = line[i];
-    if (quote) {
-      if (ch === '\\') {
-        i++;
-      } else if (ch === quote) {
-        quote = null;
-      }
-    } else if (ch === '"' || ch === "'") {
-      quote = ch;
-    } else if (ch === '#') {
-      return line.slice(0, i);
-    }
-  }
-  return line;
-}
-
-function bracketDepth(text: string): number {
-  let depth = 0;
+/** The characters of `text` outside string literals, with their positions. */
+function* unquoted(text: string): Generator<[number, string]> {
   let quote: string | null = null;
   for (let i = 0; i < text.length; i++) {
     const ch = text[i];
@@ -215,7 +195,26 @@ function bracketDepth(text: string): number {
       }
     } else if (ch === '"' || ch === "'") {
       quote = ch;
-    } else if ('([{'.includes(ch)) {
+    } else {
+      yield [i, ch];
+    }
+  }
+}
+
+/** Drop a trailing `# comment` that is not inside a string. */
+function stripComment(line: string): string {
+  for (const [i, ch] of unquoted(line)) {
+    if (ch === '#') {
+      return line.slice(0, i);
+    }
+  }
+  return line;
+}
+
+function bracketDepth(text: string): number {
+  let depth = 0;
+  for (const [, ch] of unquoted(text)) {
+    if ('([{'.includes(ch)) {
       depth++;
     } else if (')]}'.includes(ch)) {
       depth--;
